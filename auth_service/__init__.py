@@ -1,0 +1,3 @@
+"""auth_service: a small, self-hosted authentication and user-management service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,224 @@
+"""Users: create, find, change, delete. Plain functions over a Session."""
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import func, or_
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from auth_service.config import Settings
+from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
+from auth_service.models import User, utcnow
+from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
+from auth_service.schemas import UserPublic, normalize_email
+from auth_service.security import hash_password, verify_password
+from auth_service.sessions import Principal, revoke_user_sessions
+
+logger = logging.getLogger(__name__)
+
+
+def authenticate(session: Session, settings: Settings, username: str, password: str) -> User:
+    """The user with this email and password, or INVALID_CREDENTIALS (400, invalid_grant).
+
+    An unknown or malformed email still costs one hash verification, so the time of the
+    answer does not tell which emails have accounts. Upgrades an outdated hash.
+    """
+    try:
+        user = find_user_by_email(session, normalize_email(username))
+    except ValueError:
+        user = None
+    ok, new_hash = verify_password(settings, password, user.hashed_password if user else None)
+    if not ok or user is None:
+        raise AppError(400, ErrorCode.INVALID_CREDENTIALS, "Incorrect email or password.", oauth_error="invalid_grant")
+    if not user.is_active:
+        raise AppError(400, ErrorCode.INACTIVE_USER, "This account is deactivated.", oauth_error="invalid_grant")
+    if settings.require_verified_email and not user.is_verified:
+        raise AppError(
+            403, ErrorCode.EMAIL_NOT_VERIFIED, "Verify your email address before logging in.", oauth_error="invalid_grant"
+        )
+    if new_hash:
+        user.hashed_password = new_hash
+    return user
+
+
+def email_taken() -> AppError:
+    return AppError(409, ErrorCode.EMAIL_TAKEN, "An account with this email already exists.")
+
+
+def invalid_current_password() -> AppError:
+    return AppError(400, ErrorCode.INVALID_CREDENTIALS, "The current password is not correct.")
+
+
+def user_roles(user: User) -> list[str]:
+    return []
+
+
+def public_user(user: User) -> UserPublic:
+    return UserPublic.model_validate(user, update={"roles": user_roles(user)})
+
+
+def check_can_manage(actor: Principal, target: User, changes: dict[str, Any] | None = None) -> None:
+    """Only a superuser may change a superuser or make one: users:write is not a way up."""
+    if (target.is_superuser or (changes or {}).get("is_superuser")) and not actor.user.is_superuser:
+        raise permission_denied("Only a superuser can change or create a superuser.")
+
+
+def check_not_self(actor: Principal, target: User, action: str) -> None:
+    """Admins cannot lock themselves out by accident."""
+    if target.id == actor.user.id:
+        raise AppError(409, ErrorCode.CONFLICT, f"You cannot {action}.")
+
+
+def get_user(session: Session, user_id: uuid.UUID) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise not_found("User")
+    return user
+
+
+def find_user_by_email(session: Session, email: str) -> User | None:
+    return session.exec(select(User).where(User.email == email)).first()
+
+
+def create_user(
+    session: Session,
+    settings: Settings,
+    *,
+    email: str,
+    password: str,
+    full_name: str | None = None,
+    is_active: bool = True,
+    is_superuser: bool = False,
+    is_verified: bool = False,
+) -> User:
+    """Insert a user; the unique index, not the pre-check, settles a race (409, never 500)."""
+    check_password(settings, password, email)
+    if find_user_by_email(session, email) is not None:
+        raise email_taken()
+    user = User(
+        email=email,
+        hashed_password=hash_password(settings, password),
+        full_name=full_name,
+        is_active=is_active,
+        is_superuser=is_superuser,
+        is_verified=is_verified,
+    )
+    session.add(user)
+    _commit_unique_email(session)
+    session.refresh(user)
+    return user
+
+
+def _commit_unique_email(session: Session) -> None:
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise email_taken() from None
+
+
+def update_user(session: Session, settings: Settings, user: User, changes: dict[str, Any]) -> User:
+    """Apply already-validated changes. A new email resets verification; a new password
+    or a deactivation ends the user's sessions."""
+    if "email" in changes and changes["email"] != user.email:
+        if find_user_by_email(session, changes["email"]) is not None:
+            raise email_taken()
+        user.email = changes["email"]
+        user.is_verified = False
+    if "password" in changes:
+        check_password(settings, changes["password"], user.email)
+        user.hashed_password = hash_password(settings, changes["password"])
+        revoke_user_sessions(session, user.id, reason="password_changed")
+    for field in ("full_name", "is_active", "is_superuser", "is_verified"):
+        if field in changes:
+            setattr(user, field, changes[field])
+    if changes.get("is_active") is False:
+        revoke_user_sessions(session, user.id, reason="deactivated")
+    user.updated_at = utcnow()
+    session.add(user)
+    _commit_unique_email(session)
+    session.refresh(user)
+    return user
+
+
+def change_password(
+    session: Session, settings: Settings, user: User, current: str, new: str, *, keep_session: uuid.UUID
+) -> None:
+    """Check the current password, set the new one, and end every other session."""
+    ok, _ = verify_password(settings, current, user.hashed_password)
+    if not ok:
+        raise invalid_current_password()
+    check_password(settings, new, user.email)
+    user.hashed_password = hash_password(settings, new)
+    user.updated_at = utcnow()
+    session.add(user)
+    revoke_user_sessions(session, user.id, reason="password_changed", keep=keep_session)
+    session.commit()
+
+
+def delete_own_account(session: Session, settings: Settings, user: User, password: str) -> None:
+    ok, _ = verify_password(settings, password, user.hashed_password)
+    if not ok:
+        raise invalid_current_password()
+    delete_user(session, user)
+
+
+def delete_user(session: Session, user: User) -> None:
+    """Sessions and refresh tokens go with the user (ON DELETE CASCADE)."""
+    revoke_user_sessions(session, user.id, reason="user_deleted")
+    session.delete(user)
+    session.commit()
+
+
+def list_users(
+    session: Session, *, offset: int, limit: int, q: str | None = None, is_active: bool | None = None
+) -> tuple[list[User], int]:
+    conditions = []
+    if q:
+        pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        conditions.append(
+            or_(
+                col(User.email).like(pattern, escape="\\"),
+                func.lower(col(User.full_name)).like(pattern, escape="\\"),
+            )
+        )
+    if is_active is not None:
+        conditions.append(col(User.is_active) == is_active)
+    count = session.exec(select(func.count()).select_from(User).where(*conditions)).one()
+    users = session.exec(
+        select(User).where(*conditions).order_by(col(User.created_at), col(User.id)).offset(offset).limit(limit)
+    ).all()
+    return list(users), count
+
+
+def ensure_superuser(session: Session, settings: Settings, email: str, password: str) -> tuple[User, bool]:
+    """Create the superuser, or promote the existing account; True when it was created."""
+    email = normalize_email(email)
+    if not 1 <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise ValueError(f"the password must be 1 to {MAX_PASSWORD_LENGTH} characters")
+    user = find_user_by_email(session, email)
+    if user is not None:
+        if not user.is_superuser:
+            user.is_superuser = True
+            user.updated_at = utcnow()
+            session.add(user)
+            session.commit()
+        return user, False
+    user = User(
+        email=email,
+        hashed_password=hash_password(settings, password),
+        is_superuser=True,
+        is_verified=True,
+    )
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:  # another worker created it first
+        session.rollback()
+        existing = find_user_by_email(session, email)
+        assert existing is not None
+        return existing, False
+    session.refresh(user)
+    return user, True

@@ -1,0 +1,114 @@
+"""Settings, read once from the environment and `.env`.
+
+Every setting is listed with its default in the README. Secrets are `SecretStr` so
+they never show up in a repr, a log line or a traceback.
+"""
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+MIN_SECRET_BYTES = 32
+PLACEHOLDER_SECRETS = {"changethis", "changeme", "secret", "secret-key", "your-secret-key", "dev", "test"}
+SECRET_KEY_FILE = ".auth_secret_key"
+
+
+class DatabaseSettings(BaseSettings):
+    """Just the database, for Alembic: migrating needs no secret key."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./auth.db"
+
+
+class Settings(DatabaseSettings):
+    environment: Literal["development", "production", "test"] = "development"
+    secret_key: SecretStr | None = None
+
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "auth_service"
+    jwt_audience: str = "auth_service"
+    access_token_expire_minutes: int = Field(default=30, ge=1)
+    refresh_token_expire_days: int = Field(default=7, ge=1)
+    session_retention_days: int = Field(default=30, ge=0)
+
+    allow_signup: bool = True
+    require_verified_email: bool = False
+
+    password_min_length: int = Field(default=8, ge=1, le=128)
+    password_require_uppercase: bool = False
+    password_require_digit: bool = False
+    password_require_symbol: bool = False
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_cost: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+    hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+
+    first_superuser_email: str | None = None
+    first_superuser_password: SecretStr | None = None
+
+    cors_origins: Annotated[list[str], NoDecode] = []
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_secret_key(self) -> "Settings":
+        """Refuse weak keys outside development; in development keep one generated key on disk."""
+        if self.secret_key is None:
+            if self.environment != "development":
+                raise ValueError("SECRET_KEY is required outside development (at least 32 random bytes)")
+            self.secret_key = SecretStr(load_or_create_dev_secret(self.secret_key_path))
+            return self
+        key = self.secret_key.get_secret_value()
+        weak = len(key.encode()) < MIN_SECRET_BYTES or key.lower() in PLACEHOLDER_SECRETS
+        if weak and self.environment != "development":
+            raise ValueError("SECRET_KEY must be at least 32 bytes and not a placeholder")
+        return self
+
+    @property
+    def secret(self) -> str:
+        assert self.secret_key is not None  # set by the validator
+        return self.secret_key.get_secret_value()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def secret_key_path(self) -> Path:
+        """Beside the SQLite file, so every worker of one deployment finds the same key."""
+        if self.is_sqlite:
+            database = make_url(self.database_url).database
+            if database and database != ":memory:":
+                return Path(database).resolve().parent / SECRET_KEY_FILE
+        return Path.cwd() / SECRET_KEY_FILE
+
+
+def load_or_create_dev_secret(path: Path) -> str:
+    """Create the key atomically (link fails if it exists), so racing workers agree on one."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()

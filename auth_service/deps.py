@@ -1,0 +1,75 @@
+"""Request dependencies: settings, database session, the caller, permission checks."""
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlmodel import Session
+
+from auth_service.config import Settings
+from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode, permission_denied
+from auth_service.models import User
+from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
+from auth_service.sessions import Principal, load_principal
+
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl="/auth/login", auto_error=False, description="Log in with your email as the username."
+)
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbSession = Annotated[Session, Depends(get_db)]
+
+
+def get_principal(
+    token: Annotated[str | None, Depends(oauth2_scheme)], db: DbSession, settings: SettingsDep
+) -> Principal:
+    """Verify the bearer token, then, in one query, that its user and session are live."""
+    if not token:
+        raise AppError(401, ErrorCode.NOT_AUTHENTICATED, "Not authenticated.", headers=BEARER)
+    try:
+        claims = decode_access_token(settings, token)
+    except TokenExpired:
+        raise AppError(401, ErrorCode.TOKEN_EXPIRED, "The access token has expired.", headers=BEARER_INVALID) from None
+    except TokenInvalid:
+        raise AppError(401, ErrorCode.INVALID_TOKEN, "The access token is invalid.", headers=BEARER_INVALID) from None
+    principal = load_principal(db, uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
+    if principal is None:
+        raise AppError(401, ErrorCode.INVALID_TOKEN, "The session has ended; log in again.", headers=BEARER_INVALID)
+    if not principal.user.is_active:
+        raise AppError(403, ErrorCode.INACTIVE_USER, "This account is deactivated.")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def get_current_user(principal: CurrentPrincipal) -> User:
+    return principal.user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_permission(*permissions: str) -> Callable[[Principal], Principal]:
+    """A dependency that lets the call through only if the caller holds every permission."""
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        missing = [p for p in permissions if not principal.can(p)]
+        if missing:
+            raise permission_denied(f"This requires the permission {', '.join(missing)}.")
+        return principal
+
+    return check

@@ -1,0 +1,167 @@
+"""One error shape for every answer: `{"detail": ..., "code": "UPPER_SNAKE"}`.
+
+Domain code raises `AppError`; the handlers here turn it, FastAPI's own errors and
+anything unexpected into that shape, without a trace, SQL or submitted secret.
+"""
+
+import logging
+from enum import StrEnum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from auth_service.schemas import ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorCode(StrEnum):
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    WEAK_PASSWORD = "WEAK_PASSWORD"
+    EMAIL_TAKEN = "EMAIL_TAKEN"
+    SIGNUP_DISABLED = "SIGNUP_DISABLED"
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    INACTIVE_USER = "INACTIVE_USER"
+    EMAIL_NOT_VERIFIED = "EMAIL_NOT_VERIFIED"
+    NOT_AUTHENTICATED = "NOT_AUTHENTICATED"
+    INVALID_TOKEN = "INVALID_TOKEN"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    CONFLICT = "CONFLICT"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    RATE_LIMITED = "RATE_LIMITED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class AppError(Exception):
+    """An answer to the client: status, stable code, human message.
+
+    `oauth_error` adds the RFC 6749 §5.2 fields the token endpoint owes its clients.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        code: ErrorCode,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        oauth_error: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+        self.oauth_error = oauth_error
+
+
+BEARER = {"WWW-Authenticate": "Bearer"}
+BEARER_INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+_CODE_BY_STATUS = {
+    400: ErrorCode.VALIDATION_ERROR,
+    401: ErrorCode.NOT_AUTHENTICATED,
+    403: ErrorCode.PERMISSION_DENIED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    422: ErrorCode.VALIDATION_ERROR,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+}
+
+
+def error_response(
+    status_code: int, code: str, detail: Any, headers: dict[str, str] | None = None, **extra: str
+) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code, **extra}, status_code=status_code, headers=headers)
+
+
+def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    extra = {"error": exc.oauth_error, "error_description": exc.detail} if exc.oauth_error else {}
+    return error_response(exc.status_code, exc.code, exc.detail, exc.headers, **extra)
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _CODE_BY_STATUS.get(exc.status_code, ErrorCode.INTERNAL_ERROR)
+    return error_response(exc.status_code, code, exc.detail, dict(exc.headers or {}) or None)
+
+
+def public_validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's 422 list without `input` (it could be a password) and with plain-text ctx."""
+    public = []
+    for error in errors:
+        item = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+        if error.get("ctx"):
+            item["ctx"] = {key: str(value) for key, value in error["ctx"].items()}
+        public.append(item)
+    return public
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, ErrorCode.VALIDATION_ERROR, public_validation_errors(exc.errors()))
+
+
+def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("database unavailable: %s", type(exc).__name__)
+    return error_response(
+        503, ErrorCode.SERVICE_UNAVAILABLE, "The database is unavailable; try again shortly.", {"Retry-After": "5"}
+    )
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, ErrorCode.INTERNAL_ERROR, "Internal server error.")
+
+
+def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return _database_unavailable(request, exc)
+    return _unexpected(request, exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def not_found(what: str = "Resource") -> AppError:
+    return AppError(404, ErrorCode.NOT_FOUND, f"{what} not found.")
+
+
+def permission_denied(detail: str = "You do not have permission to do this.") -> AppError:
+    return AppError(403, ErrorCode.PERMISSION_DENIED, detail)
+
+
+_DESCRIPTIONS = {
+    400: "Bad request (see `code`).",
+    401: "Not authenticated: NOT_AUTHENTICATED, INVALID_TOKEN or TOKEN_EXPIRED.",
+    403: "Forbidden: PERMISSION_DENIED, INACTIVE_USER, EMAIL_NOT_VERIFIED or SIGNUP_DISABLED.",
+    404: "NOT_FOUND.",
+    409: "Conflict: EMAIL_TAKEN or CONFLICT.",
+    413: "PAYLOAD_TOO_LARGE.",
+    422: "VALIDATION_ERROR (a list of problems) or WEAK_PASSWORD.",
+    429: "RATE_LIMITED; `Retry-After` says when to try again.",
+    503: "SERVICE_UNAVAILABLE: the database cannot be reached.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries documenting the error answers of an endpoint."""
+    return {status: {"model": ErrorResponse, "description": _DESCRIPTIONS[status]} for status in statuses}

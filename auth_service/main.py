@@ -1,0 +1,80 @@
+"""The application factory: `uvicorn --factory auth_service.main:create_app`."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from auth_service import __version__
+from auth_service.accounts import ensure_superuser
+from auth_service.config import Settings
+from auth_service.db import make_engine
+from auth_service.errors import install_error_handlers
+from auth_service.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from auth_service.routers import auth, health, users
+
+logger = logging.getLogger("auth_service")
+
+DESCRIPTION = """
+Sign up, log in, and manage users. Click **Authorize**, log in with your email as the
+username, then try `GET /users/me`. Errors have one shape: `{"detail": ..., "code": ...}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        create_first_superuser(settings, app)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="auth_service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    # Outermost: the client address is the proxy's unless the proxy is trusted.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips or [])
+    app.include_router(auth.router)
+    app.include_router(users.router)
+    app.include_router(health.router)
+    return app
+
+
+def create_first_superuser(settings: Settings, app: FastAPI) -> None:
+    """FIRST_SUPERUSER_EMAIL/PASSWORD: create that account at start-up if it is missing."""
+    if not (settings.first_superuser_email and settings.first_superuser_password):
+        return
+    try:
+        with Session(app.state.engine) as session:
+            user, created = ensure_superuser(
+                session, settings, settings.first_superuser_email, settings.first_superuser_password.get_secret_value()
+            )
+    except SQLAlchemyError as exc:
+        raise RuntimeError("cannot create the first superuser: is the database migrated? (make migrate)") from exc
+    if created:
+        logger.info("created the first superuser %s", user.email)

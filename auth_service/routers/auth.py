@@ -1,0 +1,132 @@
+"""Signup, the OAuth2 token endpoint, refresh, logout, sessions, introspection."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request, Response, status
+
+from auth_service import accounts, sessions
+from auth_service.deps import CurrentPrincipal, DbSession, SettingsDep
+from auth_service.errors import AppError, ErrorCode, error_responses, not_found
+from auth_service.schemas import (
+    IntrospectRequest,
+    IntrospectResponse,
+    RefreshRequest,
+    SessionPublic,
+    SessionsPublic,
+    Token,
+    TokenErrorResponse,
+    UserCreate,
+    UserPublic,
+)
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def client_of(request: Request) -> dict[str, str | None]:
+    return {"user_agent": request.headers.get("user-agent"), "client_ip": request.client.host if request.client else None}
+
+
+@router.post(
+    "/signup",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPublic,
+    responses=error_responses(403, 409, 422),
+)
+def signup(body: UserCreate, db: DbSession, settings: SettingsDep) -> UserPublic:
+    """Create an account. Refused with 403 SIGNUP_DISABLED when ALLOW_SIGNUP is false."""
+    if not settings.allow_signup:
+        raise AppError(403, ErrorCode.SIGNUP_DISABLED, "Signup is disabled; ask an administrator for an account.")
+    user = accounts.create_user(db, settings, email=body.email, password=body.password, full_name=body.full_name)
+    return accounts.public_user(user)
+
+
+def _oauth_error(status_code: int, error: str, detail: str, code: ErrorCode = ErrorCode.VALIDATION_ERROR) -> AppError:
+    return AppError(status_code, code, detail, oauth_error=error)
+
+
+@router.post(
+    "/login",
+    response_model=Token,
+    responses={
+        400: {"model": TokenErrorResponse, "description": "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type."},
+        403: {"model": TokenErrorResponse, "description": "EMAIL_NOT_VERIFIED, when REQUIRE_VERIFIED_EMAIL is on."},
+    },
+)
+def login(
+    request: Request,
+    response: Response,
+    db: DbSession,
+    settings: SettingsDep,
+    grant_type: Annotated[str | None, Form(description="`password` (default) or `refresh_token`.")] = None,
+    username: Annotated[str | None, Form(description="Your email.")] = None,
+    password: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None,
+    refresh_token: Annotated[str | None, Form(description="With grant_type=refresh_token.")] = None,
+    scope: Annotated[str | None, Form(description="Accepted and ignored.")] = None,
+) -> Token:
+    """OAuth2 token endpoint (RFC 6749): the password grant, and the refresh_token grant (§6).
+
+    Takes a form, as OAuth2 clients and Swagger's **Authorize** button send it.
+    """
+    response.headers.update(NO_STORE)
+    try:
+        if grant_type in (None, "", "password"):
+            if not username or not password:
+                raise _oauth_error(400, "invalid_request", "username and password are required.")
+            user = accounts.authenticate(db, settings, username, password)
+            return sessions.start_session(db, settings, user, **client_of(request))
+        if grant_type == "refresh_token":
+            if not refresh_token:
+                raise _oauth_error(400, "invalid_request", "refresh_token is required.")
+            return sessions.rotate_refresh_token(db, settings, refresh_token)
+        raise _oauth_error(400, "unsupported_grant_type", "grant_type must be password or refresh_token.")
+    except AppError as exc:
+        # RFC 6749 §5.2: a bad grant is a 400 at the token endpoint, not a 401.
+        if exc.status_code == 401:
+            exc.status_code, exc.headers = 400, None
+        exc.headers = {**(exc.headers or {}), **NO_STORE}
+        raise
+
+
+@router.post("/refresh", response_model=Token, responses=error_responses(401, 422))
+def refresh(body: RefreshRequest, response: Response, db: DbSession, settings: SettingsDep) -> Token:
+    """Trade a refresh token for a new pair. Each refresh token works once: a replay ends the session."""
+    response.headers.update(NO_STORE)
+    return sessions.rotate_refresh_token(db, settings, body.refresh_token)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401))
+def logout(principal: CurrentPrincipal, db: DbSession) -> None:
+    """End this session: its access and refresh tokens stop working at once."""
+    sessions.revoke_session(db, principal.session_id, reason="logout")
+    db.commit()
+
+
+@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401))
+def logout_all(principal: CurrentPrincipal, db: DbSession) -> None:
+    """End every session of this user, this one included."""
+    sessions.revoke_user_sessions(db, principal.user.id, reason="logout_all")
+    db.commit()
+
+
+@router.get("/sessions", response_model=SessionsPublic, responses=error_responses(401))
+def list_sessions(principal: CurrentPrincipal, db: DbSession) -> SessionsPublic:
+    """Your live sessions, newest first; `current` marks the one making this call."""
+    rows = sessions.live_sessions(db, principal.user.id)
+    data = [SessionPublic.model_validate(s, update={"current": s.id == principal.session_id}) for s in rows]
+    return SessionsPublic(data=data, count=len(data))
+
+
+@router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404))
+def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> None:
+    """End one of your sessions (someone else's is a 404)."""
+    if not sessions.end_own_session(db, principal.user.id, session_id, reason="session_deleted"):
+        raise not_found("Session")
+
+
+@router.post("/introspect", response_model=IntrospectResponse, response_model_exclude_none=True, responses=error_responses(422))
+def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) -> IntrospectResponse:
+    """RFC 7662: `{"active": false}` for anything not a live access token; its claims otherwise."""
+    return sessions.introspect(db, settings, body.token)

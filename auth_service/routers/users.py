@@ -1,0 +1,115 @@
+"""Your own account (/users/me) and, with permissions, everyone's (/users)."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from auth_service import accounts
+from auth_service.deps import CurrentPrincipal, CurrentUser, DbSession, SettingsDep, require_permission
+from auth_service.errors import error_responses, permission_denied
+from auth_service.permissions import USERS_DELETE, USERS_READ, USERS_WRITE
+from auth_service.schemas import (
+    PasswordChange,
+    PasswordConfirm,
+    SearchText,
+    UserAdminCreate,
+    UserAdminUpdate,
+    UserPublic,
+    UsersPublic,
+    UserUpdateMe,
+)
+from auth_service.sessions import Principal
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("/me", response_model=UserPublic, responses=error_responses(401, 403))
+def read_me(user: CurrentUser) -> UserPublic:
+    return accounts.public_user(user)
+
+
+@router.patch("/me", response_model=UserPublic, responses=error_responses(401, 403, 409, 422))
+def update_me(body: UserUpdateMe, user: CurrentUser, db: DbSession, settings: SettingsDep) -> UserPublic:
+    """Change your name or email; a new email must be verified again."""
+    changed = accounts.update_user(db, settings, user, body.model_dump(exclude_unset=True))
+    return accounts.public_user(changed)
+
+
+@router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 422))
+def change_my_password(body: PasswordChange, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
+    """Change your password; every other session of yours ends (this one goes on)."""
+    accounts.change_password(
+        db, settings, principal.user, body.current_password, body.new_password, keep_session=principal.session_id
+    )
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 422))
+def delete_me(body: PasswordConfirm, user: CurrentUser, db: DbSession, settings: SettingsDep) -> None:
+    """Delete your account, confirmed with your password."""
+    accounts.delete_own_account(db, settings, user, body.password)
+
+
+@router.get("", response_model=UsersPublic, responses=error_responses(401, 403, 422))
+def list_users(
+    _: Annotated[Principal, Depends(require_permission(USERS_READ))],
+    db: DbSession,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    q: Annotated[SearchText | None, Query(description="Part of an email or name, any case.")] = None,
+    is_active: bool | None = None,
+) -> UsersPublic:
+    users, count = accounts.list_users(db, offset=offset, limit=limit, q=q, is_active=is_active)
+    return UsersPublic(data=[accounts.public_user(u) for u in users], count=count)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserPublic, responses=error_responses(401, 403, 409, 422))
+def create_user(
+    body: UserAdminCreate,
+    principal: Annotated[Principal, Depends(require_permission(USERS_WRITE))],
+    db: DbSession,
+    settings: SettingsDep,
+) -> UserPublic:
+    """Create an account under the password policy. Only a superuser can create a superuser."""
+    if body.is_superuser and not principal.user.is_superuser:
+        raise permission_denied("Only a superuser can create a superuser.")
+    user = accounts.create_user(db, settings, **body.model_dump())
+    return accounts.public_user(user)
+
+
+@router.get("/{user_id}", response_model=UserPublic, responses=error_responses(401, 403, 404, 422))
+def read_user(user_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> UserPublic:
+    """Any user with users:read; your own account always."""
+    if user_id != principal.user.id and not principal.can(USERS_READ):
+        raise permission_denied(f"This requires the permission {USERS_READ}.")
+    return accounts.public_user(accounts.get_user(db, user_id))
+
+
+@router.patch("/{user_id}", response_model=UserPublic, responses=error_responses(401, 403, 404, 409, 422))
+def update_user(
+    user_id: uuid.UUID,
+    body: UserAdminUpdate,
+    principal: Annotated[Principal, Depends(require_permission(USERS_WRITE))],
+    db: DbSession,
+    settings: SettingsDep,
+) -> UserPublic:
+    """Change any field. Deactivating a user or setting a password ends their sessions."""
+    user = accounts.get_user(db, user_id)
+    changes = body.model_dump(exclude_unset=True)
+    accounts.check_can_manage(principal, user, changes)
+    if changes.get("is_active") is False or changes.get("is_superuser") is False:
+        accounts.check_not_self(principal, user, "deactivate or demote your own account")
+    return accounts.public_user(accounts.update_user(db, settings, user, changes))
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 409, 422))
+def delete_user(
+    user_id: uuid.UUID,
+    principal: Annotated[Principal, Depends(require_permission(USERS_DELETE))],
+    db: DbSession,
+) -> None:
+    """Delete another user (yourself: DELETE /users/me)."""
+    user = accounts.get_user(db, user_id)
+    accounts.check_can_manage(principal, user)
+    accounts.check_not_self(principal, user, "delete your own account here; use DELETE /users/me")
+    accounts.delete_user(db, user)

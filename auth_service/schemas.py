@@ -1,0 +1,183 @@
+"""The API's shapes: what requests may carry and what answers show (never a hash)."""
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, ConfigDict, StringConstraints
+from sqlmodel import Field, SQLModel
+
+from auth_service.models import UserBase
+
+# Intranet domains small teams use; email-validator refuses them as special-use names.
+INTRANET_TLDS = ("local", "internal", "lan", "test")
+PLACEHOLDER_TLD = "example"
+
+
+def normalize_email(value: str) -> str:
+    """Trimmed, syntax-checked without DNS, lower-cased: the one form we store and compare."""
+    value = value.strip()
+    domain = value.rpartition("@")[2]
+    tld = domain.rpartition(".")[2].lower()
+    intranet = tld in INTRANET_TLDS and "." in domain
+    probe = value[: len(value) - len(tld)] + PLACEHOLDER_TLD if intranet else value
+    try:
+        result = validate_email(probe, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    normalized = result.normalized
+    if intranet:
+        normalized = normalized[: -len(PLACEHOLDER_TLD)] + tld
+    return normalized.lower()
+
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_email)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255), AfterValidator(_no_control_characters)]
+SearchText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), AfterValidator(_no_control_characters)]
+# Long enough for the policy to explain a too-long password; the body limit bounds it anyway.
+Password = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class ErrorResponse(SQLModel):
+    detail: Any = Field(description="A message, or FastAPI's list of validation errors (without input values).")
+    code: str = Field(description="Stable UPPER_SNAKE error code; see the README's table.")
+
+
+class TokenErrorResponse(ErrorResponse):
+    error: str = Field(description="RFC 6749 §5.2 error: invalid_request, invalid_grant, unsupported_grant_type.")
+    error_description: str
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+class UserCreate(SQLModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "ada@example.com", "password": "correct horse battery", "full_name": "Ada Lovelace"}]}
+    )
+
+    email: Email
+    password: Password
+    full_name: Text | None = None
+
+
+class UserPublic(UserBase):
+    id: uuid.UUID
+    is_active: bool
+    is_verified: bool
+    is_superuser: bool
+    roles: list[str] = []
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+class UsersPublic(SQLModel):
+    data: list[UserPublic]
+    count: int
+
+
+class UserUpdateMe(SQLModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"full_name": "Ada King"}]})
+
+    email: Email = Field(default=None)
+    full_name: Text | None = None
+
+
+class UserAdminCreate(UserCreate):
+    is_active: bool = True
+    is_superuser: bool = False
+    is_verified: bool = False
+
+
+class UserAdminUpdate(SQLModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"is_active": False}]})
+
+    email: Email = Field(default=None)
+    full_name: Text | None = None
+    password: Password = Field(default=None)
+    is_active: bool = Field(default=None)
+    is_superuser: bool = Field(default=None)
+    is_verified: bool = Field(default=None)
+
+
+class PasswordChange(SQLModel):
+    current_password: Password
+    new_password: Password
+
+
+class PasswordConfirm(SQLModel):
+    password: Password
+
+
+# --- tokens and sessions ---------------------------------------------------------------
+
+
+class Token(SQLModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    refresh_token: str
+
+
+class RefreshRequest(SQLModel):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class SessionPublic(SQLModel):
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str | None
+    client_ip: str | None
+    current: bool = Field(description="True for the session of the token making this request.")
+
+
+class SessionsPublic(SQLModel):
+    data: list[SessionPublic]
+    count: int
+
+
+class IntrospectRequest(SQLModel):
+    token: Annotated[str, StringConstraints(max_length=8192)]
+
+
+class IntrospectResponse(SQLModel):
+    """RFC 7662: only `active` when the token is not; the claims when it is."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"active": False}]})
+
+    active: bool
+    sub: str | None = None
+    username: str | None = None
+    email: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    iss: str | None = None
+    aud: str | None = None
+    jti: str | None = None
+    sid: str | None = None
+    token_type: str | None = None
+    scope: str | None = None
+    roles: list[str] | None = None
+    permissions: list[str] | None = None
+
+
+# --- health ----------------------------------------------------------------------------
+
+
+class Health(SQLModel):
+    status: str
+    version: str
+
+
+class Readiness(SQLModel):
+    status: str
+    database: str

@@ -1,0 +1,158 @@
+"""Password hashing, access-token JWTs, and random one-time secrets with their digests."""
+
+import hashlib
+import secrets
+import threading
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from jose import ExpiredSignatureError, JOSEError, jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from auth_service.config import Settings
+from auth_service.models import utcnow
+
+ACCESS_TOKEN_TYPE = "access"
+
+
+# --- passwords -------------------------------------------------------------------------
+
+
+def normalize_password(password: str) -> str:
+    """NFKC, so the same password typed on two keyboards hashes the same (NIST 800-63B)."""
+    return unicodedata.normalize("NFKC", password)
+
+
+@dataclass(frozen=True)
+class _Hasher:
+    hash: PasswordHash
+    slots: threading.BoundedSemaphore
+
+
+@lru_cache
+def _hasher(time_cost: int, memory_cost: int, parallelism: int, concurrency: int) -> _Hasher:
+    argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+    return _Hasher(PasswordHash((argon2,)), threading.BoundedSemaphore(concurrency))
+
+
+def _get_hasher(settings: Settings) -> _Hasher:
+    """Argon2id as configured; the semaphore caps how many 64 MiB hashes run at once per process."""
+    return _hasher(
+        settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism, settings.hash_concurrency
+    )
+
+
+def hash_password(settings: Settings, password: str) -> str:
+    hasher = _get_hasher(settings)
+    with hasher.slots:
+        return hasher.hash.hash(normalize_password(password))
+
+
+def verify_password(settings: Settings, password: str, password_hash: str | None) -> tuple[bool, str | None]:
+    """Check a password; also give a new hash when the stored one used older parameters.
+
+    With no hash (unknown email) it verifies against a dummy hash, so the answer takes
+    as long as for a real account.
+    """
+    hasher = _get_hasher(settings)
+    with hasher.slots:
+        if password_hash is None:
+            hasher.hash.verify_and_update(normalize_password(password), _dummy_hash(settings))
+            return False, None
+        return hasher.hash.verify_and_update(normalize_password(password), password_hash)
+
+
+def _dummy_hash(settings: Settings) -> str:
+    return _dummy_hash_for(settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism)
+
+
+@lru_cache
+def _dummy_hash_for(time_cost: int, memory_cost: int, parallelism: int) -> str:
+    argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+    return argon2.hash(secrets.token_urlsafe(16))
+
+
+# --- access tokens ---------------------------------------------------------------------
+
+
+def create_access_token(
+    settings: Settings,
+    *,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    roles: list[str],
+    permissions: list[str],
+) -> tuple[str, int]:
+    """A signed JWT bound to a session; returns it with its lifetime in seconds."""
+    now = utcnow()
+    lifetime = timedelta(minutes=settings.access_token_expire_minutes)
+    claims = {
+        "sub": str(user_id),
+        "sid": str(session_id),
+        "jti": uuid.uuid4().hex,
+        "iat": int(now.timestamp()),
+        "exp": int((now + lifetime).timestamp()),
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "type": ACCESS_TOKEN_TYPE,
+        "roles": roles,
+        "permissions": permissions,
+    }
+    return jwt.encode(claims, settings.secret, algorithm=settings.jwt_algorithm), int(lifetime.total_seconds())
+
+
+class TokenExpired(Exception):
+    pass
+
+
+class TokenInvalid(Exception):
+    pass
+
+
+REQUIRED_CLAIMS = ("sub", "sid", "jti", "iat", "exp", "iss", "aud")
+
+
+def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
+    """Verify signature (pinned algorithm), issuer, audience, expiry and type.
+
+    Raises TokenExpired or TokenInvalid; every python-jose error becomes one of them.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            settings.secret,
+            algorithms=[settings.jwt_algorithm],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={f"require_{claim}": True for claim in REQUIRED_CLAIMS},
+        )
+    except ExpiredSignatureError as exc:
+        raise TokenExpired from exc
+    except (JOSEError, ValueError, TypeError, KeyError) as exc:
+        raise TokenInvalid from exc
+    if claims.get("type") != ACCESS_TOKEN_TYPE:
+        raise TokenInvalid
+    try:
+        uuid.UUID(str(claims["sub"]))
+        uuid.UUID(str(claims["sid"]))
+    except ValueError as exc:
+        raise TokenInvalid from exc
+    return claims
+
+
+# --- opaque secrets (refresh and one-time tokens) --------------------------------------
+
+
+def new_opaque_token() -> str:
+    """256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What we store instead of the token: a leaked table gives nothing usable."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()

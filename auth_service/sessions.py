@@ -1,0 +1,237 @@
+"""Login sessions: start one, rotate its refresh token, check it per request, end it.
+
+A session row is the unit of revocation: access tokens name it (`sid`), refresh tokens
+belong to it, and revoking it cuts both at once on every worker.
+"""
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, or_, update
+from sqlmodel import Session, col, select
+
+from auth_service.config import Settings
+from auth_service.errors import BEARER_INVALID, AppError, ErrorCode
+from auth_service.models import RefreshToken, User, UserSession, utcnow
+from auth_service.permissions import BUILTIN_PERMISSIONS
+from auth_service.schemas import IntrospectResponse, Token
+from auth_service.security import (
+    TokenExpired,
+    TokenInvalid,
+    create_access_token,
+    decode_access_token,
+    new_opaque_token,
+    token_digest,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the user, the session of their token, and what they may do."""
+
+    user: User
+    session_id: uuid.UUID
+    roles: list[str] = field(default_factory=list)
+    permissions: frozenset[str] = frozenset()
+
+    def can(self, permission: str) -> bool:
+        return self.user.is_superuser or permission in self.permissions
+
+
+def effective_permissions(is_superuser: bool, role_permissions: set[str]) -> list[str]:
+    return sorted(set(BUILTIN_PERMISSIONS) | role_permissions) if is_superuser else sorted(role_permissions)
+
+
+def load_principal(session: Session, user_id: uuid.UUID, session_id: uuid.UUID) -> Principal | None:
+    """One round trip: the user, if their token's session is live. None otherwise."""
+    row = session.exec(
+        select(User)
+        .join(UserSession, col(UserSession.user_id) == col(User.id))
+        .where(
+            col(User.id) == user_id,
+            col(UserSession.id) == session_id,
+            col(UserSession.revoked_at).is_(None),
+            col(UserSession.expires_at) > utcnow(),
+        )
+    ).first()
+    if row is None:
+        return None
+    return Principal(user=row, session_id=session_id, permissions=frozenset(effective_permissions(row.is_superuser, set())))
+
+
+def _issue(settings: Settings, principal: Principal, refresh_token: str) -> Token:
+    access_token, expires_in = create_access_token(
+        settings,
+        user_id=principal.user.id,
+        session_id=principal.session_id,
+        roles=principal.roles,
+        permissions=sorted(principal.permissions),
+    )
+    return Token(access_token=access_token, expires_in=expires_in, refresh_token=refresh_token)
+
+
+def start_session(
+    session: Session, settings: Settings, user: User, *, user_agent: str | None, client_ip: str | None
+) -> Token:
+    """A new session with its first refresh token; the user has already been authenticated."""
+    now = utcnow()
+    user_session = UserSession(
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + timedelta(days=settings.refresh_token_expire_days),
+        user_agent=(user_agent or None) and user_agent[:512],
+        client_ip=client_ip,
+    )
+    refresh_token = new_opaque_token()
+    user.last_login_at = now
+    session.add(user)
+    session.add(user_session)
+    session.flush()  # the session row first: the refresh token references it
+    session.add(RefreshToken(session_id=user_session.id, token_hash=token_digest(refresh_token)))
+    session.commit()
+    principal = load_principal(session, user.id, user_session.id)
+    assert principal is not None
+    return _issue(settings, principal, refresh_token)
+
+
+def _refresh_rejected(detail: str, code: ErrorCode = ErrorCode.INVALID_TOKEN) -> AppError:
+    return AppError(401, code, detail, headers=BEARER_INVALID, oauth_error="invalid_grant")
+
+
+def rotate_refresh_token(session: Session, settings: Settings, refresh_token: str) -> Token:
+    """Trade a refresh token for new tokens. A token used twice ends its session (RFC 9700)."""
+    now = utcnow()
+    found = session.exec(
+        select(RefreshToken, UserSession)
+        .join(UserSession, col(UserSession.id) == col(RefreshToken.session_id))
+        .where(col(RefreshToken.token_hash) == token_digest(refresh_token))
+    ).first()
+    if found is None:
+        raise _refresh_rejected("Refresh token is invalid.")
+    token, user_session = found
+    if user_session.revoked_at is not None:
+        raise _refresh_rejected("The session of this refresh token has ended.")
+    if user_session.expires_at <= now:
+        raise _refresh_rejected("Refresh token has expired.", ErrorCode.TOKEN_EXPIRED)
+    # Claim the token atomically: of two concurrent uses exactly one updates the row.
+    claimed = session.exec(
+        update(RefreshToken)
+        .where(col(RefreshToken.id) == token.id, col(RefreshToken.used_at).is_(None))
+        .values(used_at=now)
+    ).rowcount
+    if not claimed:
+        session.rollback()
+        revoke_session(session, user_session.id, reason="refresh_reused")
+        session.commit()
+        logger.warning("refresh token reused; session %s revoked", user_session.id)
+        raise _refresh_rejected("Refresh token was already used; the session has been ended.")
+    new_token = new_opaque_token()
+    session.add(RefreshToken(session_id=user_session.id, token_hash=token_digest(new_token)))
+    user_session.last_used_at = now
+    user_session.expires_at = now + timedelta(days=settings.refresh_token_expire_days)
+    session.add(user_session)
+    session.commit()
+    principal = load_principal(session, user_session.user_id, user_session.id)
+    if principal is None or not principal.user.is_active:
+        raise _refresh_rejected("The session of this refresh token has ended.")
+    return _issue(settings, principal, new_token)
+
+
+def revoke_session(session: Session, session_id: uuid.UUID, *, reason: str) -> bool:
+    """Mark one session revoked (no commit); False when it was already over."""
+    result = session.exec(
+        update(UserSession)
+        .where(col(UserSession.id) == session_id, col(UserSession.revoked_at).is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    return bool(result.rowcount)
+
+
+def revoke_user_sessions(
+    session: Session, user_id: uuid.UUID, *, reason: str, keep: uuid.UUID | None = None
+) -> int:
+    """Revoke every live session of a user but `keep` (no commit); returns how many."""
+    conditions = [col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None)]
+    if keep is not None:
+        conditions.append(col(UserSession.id) != keep)
+    result = session.exec(
+        update(UserSession).where(*conditions).values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    return int(result.rowcount)
+
+
+def end_own_session(session: Session, user_id: uuid.UUID, session_id: uuid.UUID, *, reason: str) -> bool:
+    """Revoke a session if it belongs to the user and is live; False means "no such session"."""
+    owned = session.exec(
+        select(UserSession.id).where(
+            col(UserSession.id) == session_id,
+            col(UserSession.user_id) == user_id,
+            col(UserSession.revoked_at).is_(None),
+            col(UserSession.expires_at) > utcnow(),
+        )
+    ).first()
+    if owned is None:
+        return False
+    revoke_session(session, session_id, reason=reason)
+    session.commit()
+    return True
+
+
+def live_sessions(session: Session, user_id: uuid.UUID) -> list[UserSession]:
+    return list(
+        session.exec(
+            select(UserSession)
+            .where(
+                col(UserSession.user_id) == user_id,
+                col(UserSession.revoked_at).is_(None),
+                col(UserSession.expires_at) > utcnow(),
+            )
+            .order_by(col(UserSession.created_at).desc())
+        ).all()
+    )
+
+
+def prune_sessions(session: Session, retention_days: int) -> int:
+    """Delete sessions that ended (expired or revoked) more than `retention_days` ago."""
+    cutoff = utcnow() - timedelta(days=retention_days)
+    result = session.exec(
+        delete(UserSession).where(
+            or_(col(UserSession.expires_at) < cutoff, col(UserSession.revoked_at) < cutoff)
+        )
+    )
+    session.commit()
+    return int(result.rowcount)
+
+
+def introspect(session: Session, settings: Settings, token: str) -> IntrospectResponse:
+    """RFC 7662 for our access tokens: live only while the token, its session and its user are."""
+    try:
+        claims = decode_access_token(settings, token)
+    except (TokenExpired, TokenInvalid):
+        return IntrospectResponse(active=False)
+    principal = load_principal(session, uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
+    if principal is None or not principal.user.is_active:
+        return IntrospectResponse(active=False)
+    permissions = sorted(principal.permissions)
+    return IntrospectResponse(
+        active=True,
+        sub=claims["sub"],
+        username=principal.user.email,
+        email=principal.user.email,
+        exp=claims["exp"],
+        iat=claims["iat"],
+        iss=claims["iss"],
+        aud=claims["aud"],
+        jti=claims["jti"],
+        sid=claims["sid"],
+        token_type="Bearer",
+        scope=" ".join(permissions),
+        roles=principal.roles,
+        permissions=permissions,
+    )

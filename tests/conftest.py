@@ -1,0 +1,215 @@
+"""Fixtures: every test that takes `client` runs on SQLite and, when TEST_DATABASE_URL is
+set, on PostgreSQL too, each in a database made for this run and dropped after it.
+
+TEST_DATABASE_URL names a PostgreSQL server (any database on it we may connect to); if
+it is set and cannot be reached, the run fails: CI must never skip PostgreSQL quietly.
+"""
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from alembic import command
+from alembic.config import Config
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+from auth_service.accounts import ensure_superuser
+from auth_service.config import Settings
+from auth_service.main import create_app
+from auth_service.models import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+PASSWORD = "correct horse battery staple"
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "admin password for tests"
+BACKENDS = ["sqlite", "postgresql"] if os.environ.get("TEST_DATABASE_URL") else ["sqlite"]
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    url = os.environ["TEST_DATABASE_URL"]
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # fail, never skip: CI must test PostgreSQL
+        pytest.fail(f"TEST_DATABASE_URL is set but PostgreSQL cannot be reached: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    yield url
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, migrated database for this run, dropped at the end."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'auth.db'}"
+        command.upgrade(alembic_config(url), "head")
+        yield url
+        return
+    server_url = request.getfixturevalue("postgres_server_url")
+    name = f"auth_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        command.upgrade(alembic_config(url), "head")
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    """Real Argon2id with cheap parameters, so the suite stays fast."""
+    values: dict[str, Any] = {
+        "environment": "test",
+        "database_url": database_url,
+        "secret_key": TEST_SECRET,
+        "argon2_time_cost": 1,
+        "argon2_memory_cost": 1024,
+        "argon2_parallelism": 1,
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def clear_database(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for table in reversed(metadata.sorted_tables):
+            connection.execute(table.delete())
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module (or with indirect parametrisation) to change settings."""
+    return {}
+
+
+@pytest.fixture
+def settings(database_url: str, settings_overrides: dict[str, Any]) -> Settings:
+    return make_settings(database_url, **settings_overrides)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[FastAPI]:
+    app = create_app(settings)
+    clear_database(app.state.engine)
+    yield app
+    app.state.engine.dispose()
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def db(app: FastAPI) -> Iterator[Session]:
+    """A database session beside the app's, to set up or inspect state directly."""
+    with Session(app.state.engine) as session:
+        yield session
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+@dataclass
+class Account:
+    email: str
+    password: str
+    id: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+def signup(client: TestClient, email: str, password: str = PASSWORD, **extra: Any) -> dict[str, Any]:
+    response = client.post("/auth/signup", json={"email": email, "password": password, **extra})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def login(client: TestClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
+    response = client.post("/auth/login", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def register(client: TestClient, email: str = "ada@example.com", password: str = PASSWORD) -> Account:
+    """Sign up and log in: an account with live tokens."""
+    user = signup(client, email, password)
+    tokens = login(client, email, password)
+    return Account(email, password, user["id"], tokens["access_token"], tokens["refresh_token"])
+
+
+@pytest.fixture
+def user(client: TestClient) -> Account:
+    return register(client)
+
+
+@pytest.fixture
+def admin(client: TestClient, app: FastAPI, settings: Settings) -> Account:
+    with Session(app.state.engine) as session:
+        created, _ = ensure_superuser(session, settings, ADMIN_EMAIL, ADMIN_PASSWORD)
+        user_id = str(created.id)
+    tokens = login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    return Account(ADMIN_EMAIL, ADMIN_PASSWORD, user_id, tokens["access_token"], tokens["refresh_token"])
+
+
+# --- a real server, for real HTTP clients ---------------------------------------------
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: FastAPI
+
+
+@pytest.fixture
+def live_server(app: FastAPI) -> Iterator[LiveServer]:
+    """The app under uvicorn on a free loopback port, in a thread."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    yield LiveServer(f"http://127.0.0.1:{port}", app)
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
