@@ -12,6 +12,7 @@ from auth_service.config import Settings
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
 from auth_service.models import User, utcnow
 from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
+from auth_service.roles import role_names
 from auth_service.schemas import UserPublic, normalize_email
 from auth_service.security import hash_password, verify_password
 from auth_service.sessions import Principal, revoke_user_sessions
@@ -36,7 +37,10 @@ def authenticate(session: Session, settings: Settings, username: str, password: 
         raise AppError(400, ErrorCode.INACTIVE_USER, "This account is deactivated.", oauth_error="invalid_grant")
     if settings.require_verified_email and not user.is_verified:
         raise AppError(
-            403, ErrorCode.EMAIL_NOT_VERIFIED, "Verify your email address before logging in.", oauth_error="invalid_grant"
+            403,
+            ErrorCode.EMAIL_NOT_VERIFIED,
+            "Verify your email address before logging in.",
+            oauth_error="invalid_grant",
         )
     if new_hash:
         user.hashed_password = new_hash
@@ -51,12 +55,14 @@ def invalid_current_password() -> AppError:
     return AppError(400, ErrorCode.INVALID_CREDENTIALS, "The current password is not correct.")
 
 
-def user_roles(user: User) -> list[str]:
-    return []
+def public_users(session: Session, users: list[User]) -> list[UserPublic]:
+    """The API view of users, with their role names (one query for all of them)."""
+    names = role_names(session, [user.id for user in users])
+    return [UserPublic.model_validate(user, update={"roles": names.get(user.id, [])}) for user in users]
 
 
-def public_user(user: User) -> UserPublic:
-    return UserPublic.model_validate(user, update={"roles": user_roles(user)})
+def public_user(session: Session, user: User) -> UserPublic:
+    return public_users(session, [user])[0]
 
 
 def check_can_manage(actor: Principal, target: User, changes: dict[str, Any] | None = None) -> None:

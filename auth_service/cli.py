@@ -5,12 +5,14 @@ import getpass
 import os
 import sys
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
-from auth_service.accounts import ensure_superuser
+from auth_service.accounts import ensure_superuser, find_user_by_email
 from auth_service.config import Settings
 from auth_service.db import make_engine
+from auth_service.models import Role, UserRole
 from auth_service.password_policy import password_problems
+from auth_service.schemas import normalize_email
 from auth_service.sessions import prune_sessions
 
 ADMIN_PASSWORD_ENV = "ADMIN_PASSWORD"
@@ -41,6 +43,22 @@ def create_admin(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def grant_role(settings: Settings, args: argparse.Namespace) -> int:
+    """Give a user a role, for the first setup (no permission check: you own the database)."""
+    with Session(make_engine(settings.database_url)) as session:
+        user = find_user_by_email(session, normalize_email(args.email))
+        if user is None:
+            raise SystemExit(f"no user with the email {args.email}")
+        role = session.exec(select(Role).where(col(Role.name) == args.role)).first()
+        if role is None:
+            raise SystemExit(f"no role named {args.role}")
+        if session.get(UserRole, (user.id, role.id)) is None:
+            session.add(UserRole(user_id=user.id, role_id=role.id))
+            session.commit()
+    print(f"{args.email}: holds role {args.role}")
+    return 0
+
+
 def prune(settings: Settings, args: argparse.Namespace) -> int:
     """Delete what is past retention; safe to run from cron on any host."""
     with Session(make_engine(settings.database_url)) as session:
@@ -56,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", help=f"for scripts; or set {ADMIN_PASSWORD_ENV}; else you are asked")
     admin.set_defaults(run=create_admin)
+    grant = commands.add_parser("grant-role", help=grant_role.__doc__)
+    grant.add_argument("--email", required=True)
+    grant.add_argument("--role", required=True)
+    grant.set_defaults(run=grant_role)
     commands.add_parser("prune", help=prune.__doc__).set_defaults(run=prune)
     args = parser.parse_args(argv)
     try:

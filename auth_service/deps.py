@@ -73,3 +73,15 @@ def require_permission(*permissions: str) -> Callable[[Principal], Principal]:
         return principal
 
     return check
+
+
+def require_role(*roles: str) -> Callable[[Principal], Principal]:
+    """A dependency that lets the call through only if the caller holds every role (superusers pass)."""
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        missing = [r for r in roles if r not in principal.roles]
+        if missing and not principal.user.is_superuser:
+            raise permission_denied(f"This requires the role {', '.join(missing)}.")
+        return principal
+
+    return check

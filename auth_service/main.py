@@ -16,7 +16,7 @@ from auth_service.config import Settings
 from auth_service.db import make_engine
 from auth_service.errors import install_error_handlers
 from auth_service.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
-from auth_service.routers import auth, health, users
+from auth_service.routers import auth, health, roles, users
 
 logger = logging.getLogger("auth_service")
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips or [])
     app.include_router(auth.router)
     app.include_router(users.router)
+    app.include_router(roles.router)
     app.include_router(health.router)
     return app
 

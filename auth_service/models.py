@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, Dialect, MetaData
+from sqlalchemy import JSON, CheckConstraint, DateTime, Dialect, MetaData
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -93,3 +93,23 @@ class RefreshToken(SQLModel, table=True):
     token_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = timestamp(default_factory=utcnow)
     used_at: datetime | None = timestamp(default=None, nullable=True)
+
+
+class Role(SQLModel, table=True):
+    """A named set of `area:verb` permissions; users hold roles, never permissions directly."""
+
+    __tablename__ = "role"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    description: str | None = Field(default=None, max_length=255)
+    permissions: list[str] = Field(default_factory=list, sa_type=JSON)
+    created_at: datetime = timestamp(default_factory=utcnow)
+    updated_at: datetime = timestamp(default_factory=utcnow)
+
+
+class UserRole(SQLModel, table=True):
+    __tablename__ = "user_role"
+
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
+    role_id: uuid.UUID = Field(foreign_key="role.id", ondelete="CASCADE", primary_key=True, index=True)

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, ConfigDict, StringConstraints
+from pydantic import AfterValidator, StringConstraints
 from sqlmodel import Field, SQLModel
 
 from auth_service.models import UserBase
@@ -40,7 +40,9 @@ def _no_control_characters(value: str) -> str:
 
 Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_email)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255), AfterValidator(_no_control_characters)]
-SearchText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100), AfterValidator(_no_control_characters)]
+SearchText = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=100), AfterValidator(_no_control_characters)
+]
 # Long enough for the policy to explain a too-long password; the body limit bounds it anyway.
 Password = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
@@ -59,13 +61,9 @@ class TokenErrorResponse(ErrorResponse):
 
 
 class UserCreate(SQLModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"email": "ada@example.com", "password": "correct horse battery", "full_name": "Ada Lovelace"}]}
-    )
-
-    email: Email
-    password: Password
-    full_name: Text | None = None
+    email: Email = Field(schema_extra={"examples": ["ada@example.com"]})
+    password: Password = Field(schema_extra={"examples": ["correct horse battery staple"]})
+    full_name: Text | None = Field(default=None, schema_extra={"examples": ["Ada Lovelace"]})
 
 
 class UserPublic(UserBase):
@@ -84,10 +82,8 @@ class UsersPublic(SQLModel):
 
 
 class UserUpdateMe(SQLModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"full_name": "Ada King"}]})
-
-    email: Email = Field(default=None)
-    full_name: Text | None = None
+    email: Email = Field(default=None, schema_extra={"examples": ["ada.king@example.com"]})
+    full_name: Text | None = Field(default=None, schema_extra={"examples": ["Ada King"]})
 
 
 class UserAdminCreate(UserCreate):
@@ -97,8 +93,6 @@ class UserAdminCreate(UserCreate):
 
 
 class UserAdminUpdate(SQLModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"is_active": False}]})
-
     email: Email = Field(default=None)
     full_name: Text | None = None
     password: Password = Field(default=None)
@@ -114,6 +108,41 @@ class PasswordChange(SQLModel):
 
 class PasswordConfirm(SQLModel):
     password: Password
+
+
+# --- roles ---------------------------------------------------------------------------
+
+RoleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+Permission = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}:[a-z][a-z0-9_-]{0,31}$")]
+Permissions = Annotated[list[Permission], Field(max_length=100)]
+
+
+class RoleCreate(SQLModel):
+    """Names: lower-case letters, digits, `_ . -`. Permissions: `area:verb`, e.g. `invoices:read`."""
+
+    name: RoleName = Field(schema_extra={"examples": ["support"]})
+    description: Text | None = Field(default=None, schema_extra={"examples": ["Help desk"]})
+    permissions: Permissions = Field(default=[], schema_extra={"examples": [["users:read"]]})
+
+
+class RoleUpdate(SQLModel):
+    name: RoleName = Field(default=None)
+    description: Text | None = None
+    permissions: Permissions = Field(default=None)
+
+
+class RolePublic(SQLModel):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    permissions: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class RolesPublic(SQLModel):
+    data: list[RolePublic]
+    count: int
 
 
 # --- tokens and sessions ---------------------------------------------------------------
@@ -151,8 +180,6 @@ class IntrospectRequest(SQLModel):
 
 class IntrospectResponse(SQLModel):
     """RFC 7662: only `active` when the token is not; the claims when it is."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{"active": False}]})
 
     active: bool
     sub: str | None = None

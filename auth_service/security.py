@@ -123,7 +123,7 @@ def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
     Raises TokenExpired or TokenInvalid; every python-jose error becomes one of them.
     """
     try:
-        claims = jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
             settings.secret,
             algorithms=[settings.jwt_algorithm],

@@ -8,14 +8,13 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from auth_service.config import Settings
 from auth_service.errors import BEARER_INVALID, AppError, ErrorCode
-from auth_service.models import RefreshToken, User, UserSession, utcnow
+from auth_service.models import RefreshToken, Role, User, UserRole, UserSession, utcnow
 from auth_service.permissions import BUILTIN_PERMISSIONS
 from auth_service.schemas import IntrospectResponse, Token
 from auth_service.security import (
@@ -48,20 +47,30 @@ def effective_permissions(is_superuser: bool, role_permissions: set[str]) -> lis
 
 
 def load_principal(session: Session, user_id: uuid.UUID, session_id: uuid.UUID) -> Principal | None:
-    """One round trip: the user, if their token's session is live. None otherwise."""
-    row = session.exec(
-        select(User)
+    """One round trip: the user with their roles, if their token's session is live. None otherwise."""
+    rows = session.exec(
+        select(User, Role.name, Role.permissions)
         .join(UserSession, col(UserSession.user_id) == col(User.id))
+        .outerjoin(UserRole, col(UserRole.user_id) == col(User.id))
+        .outerjoin(Role, col(Role.id) == col(UserRole.role_id))
         .where(
             col(User.id) == user_id,
             col(UserSession.id) == session_id,
             col(UserSession.revoked_at).is_(None),
             col(UserSession.expires_at) > utcnow(),
         )
-    ).first()
-    if row is None:
+    ).all()
+    if not rows:
         return None
-    return Principal(user=row, session_id=session_id, permissions=frozenset(effective_permissions(row.is_superuser, set())))
+    user = rows[0][0]
+    roles = sorted(name for _, name, _ in rows if name is not None)
+    granted = {permission for _, _, permissions in rows for permission in permissions or []}
+    return Principal(
+        user=user,
+        session_id=session_id,
+        roles=roles,
+        permissions=frozenset(effective_permissions(user.is_superuser, granted)),
+    )
 
 
 def _issue(settings: Settings, principal: Principal, refresh_token: str) -> Token:
@@ -153,16 +162,12 @@ def revoke_session(session: Session, session_id: uuid.UUID, *, reason: str) -> b
     return bool(result.rowcount)
 
 
-def revoke_user_sessions(
-    session: Session, user_id: uuid.UUID, *, reason: str, keep: uuid.UUID | None = None
-) -> int:
+def revoke_user_sessions(session: Session, user_id: uuid.UUID, *, reason: str, keep: uuid.UUID | None = None) -> int:
     """Revoke every live session of a user but `keep` (no commit); returns how many."""
     conditions = [col(UserSession.user_id) == user_id, col(UserSession.revoked_at).is_(None)]
     if keep is not None:
         conditions.append(col(UserSession.id) != keep)
-    result = session.exec(
-        update(UserSession).where(*conditions).values(revoked_at=utcnow(), revoked_reason=reason)
-    )
+    result = session.exec(update(UserSession).where(*conditions).values(revoked_at=utcnow(), revoked_reason=reason))
     return int(result.rowcount)
 
 
@@ -201,9 +206,7 @@ def prune_sessions(session: Session, retention_days: int) -> int:
     """Delete sessions that ended (expired or revoked) more than `retention_days` ago."""
     cutoff = utcnow() - timedelta(days=retention_days)
     result = session.exec(
-        delete(UserSession).where(
-            or_(col(UserSession.expires_at) < cutoff, col(UserSession.revoked_at) < cutoff)
-        )
+        delete(UserSession).where(or_(col(UserSession.expires_at) < cutoff, col(UserSession.revoked_at) < cutoff))
     )
     session.commit()
     return int(result.rowcount)

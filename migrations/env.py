@@ -4,8 +4,8 @@ from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlmodel.sql.sqltypes import AutoString
 from sqlalchemy import Connection, engine_from_config, pool
+from sqlmodel.sql.sqltypes import AutoString
 
 from auth_service import models  # noqa: F401  (registers the tables)
 from auth_service.config import DatabaseSettings

@@ -28,7 +28,8 @@ from sqlmodel import Session
 from auth_service.accounts import ensure_superuser
 from auth_service.config import Settings
 from auth_service.main import create_app
-from auth_service.models import metadata
+from auth_service.models import Role, metadata
+from auth_service.permissions import BUILTIN_PERMISSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
@@ -98,9 +99,13 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 def clear_database(engine: Engine) -> None:
+    """Empty every table, then put back what the migrations seed (the admin role)."""
     with engine.begin() as connection:
         for table in reversed(metadata.sorted_tables):
             connection.execute(table.delete())
+    with Session(engine) as session:
+        session.add(Role(name="admin", description="Every built-in permission.", permissions=list(BUILTIN_PERMISSIONS)))
+        session.commit()
 
 
 @pytest.fixture

@@ -26,7 +26,10 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def client_of(request: Request) -> dict[str, str | None]:
-    return {"user_agent": request.headers.get("user-agent"), "client_ip": request.client.host if request.client else None}
+    return {
+        "user_agent": request.headers.get("user-agent"),
+        "client_ip": request.client.host if request.client else None,
+    }
 
 
 @router.post(
@@ -40,7 +43,7 @@ def signup(body: UserCreate, db: DbSession, settings: SettingsDep) -> UserPublic
     if not settings.allow_signup:
         raise AppError(403, ErrorCode.SIGNUP_DISABLED, "Signup is disabled; ask an administrator for an account.")
     user = accounts.create_user(db, settings, email=body.email, password=body.password, full_name=body.full_name)
-    return accounts.public_user(user)
+    return accounts.public_user(db, user)
 
 
 def _oauth_error(status_code: int, error: str, detail: str, code: ErrorCode = ErrorCode.VALIDATION_ERROR) -> AppError:
@@ -51,7 +54,10 @@ def _oauth_error(status_code: int, error: str, detail: str, code: ErrorCode = Er
     "/login",
     response_model=Token,
     responses={
-        400: {"model": TokenErrorResponse, "description": "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type."},
+        400: {
+            "model": TokenErrorResponse,
+            "description": "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type.",
+        },
         403: {"model": TokenErrorResponse, "description": "EMAIL_NOT_VERIFIED, when REQUIRE_VERIFIED_EMAIL is on."},
     },
 )
@@ -126,7 +132,9 @@ def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSes
         raise not_found("Session")
 
 
-@router.post("/introspect", response_model=IntrospectResponse, response_model_exclude_none=True, responses=error_responses(422))
+@router.post(
+    "/introspect", response_model=IntrospectResponse, response_model_exclude_none=True, responses=error_responses(422)
+)
 def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) -> IntrospectResponse:
     """RFC 7662: `{"active": false}` for anything not a live access token; its claims otherwise."""
     return sessions.introspect(db, settings, body.token)

@@ -25,15 +25,15 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 
 @router.get("/me", response_model=UserPublic, responses=error_responses(401, 403))
-def read_me(user: CurrentUser) -> UserPublic:
-    return accounts.public_user(user)
+def read_me(principal: CurrentPrincipal) -> UserPublic:
+    return UserPublic.model_validate(principal.user, update={"roles": principal.roles})
 
 
 @router.patch("/me", response_model=UserPublic, responses=error_responses(401, 403, 409, 422))
-def update_me(body: UserUpdateMe, user: CurrentUser, db: DbSession, settings: SettingsDep) -> UserPublic:
+def update_me(body: UserUpdateMe, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> UserPublic:
     """Change your name or email; a new email must be verified again."""
-    changed = accounts.update_user(db, settings, user, body.model_dump(exclude_unset=True))
-    return accounts.public_user(changed)
+    changed = accounts.update_user(db, settings, principal.user, body.model_dump(exclude_unset=True))
+    return UserPublic.model_validate(changed, update={"roles": principal.roles})
 
 
 @router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 422))
@@ -60,10 +60,12 @@ def list_users(
     is_active: bool | None = None,
 ) -> UsersPublic:
     users, count = accounts.list_users(db, offset=offset, limit=limit, q=q, is_active=is_active)
-    return UsersPublic(data=[accounts.public_user(u) for u in users], count=count)
+    return UsersPublic(data=accounts.public_users(db, users), count=count)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserPublic, responses=error_responses(401, 403, 409, 422))
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=UserPublic, responses=error_responses(401, 403, 409, 422)
+)
 def create_user(
     body: UserAdminCreate,
     principal: Annotated[Principal, Depends(require_permission(USERS_WRITE))],
@@ -74,7 +76,7 @@ def create_user(
     if body.is_superuser and not principal.user.is_superuser:
         raise permission_denied("Only a superuser can create a superuser.")
     user = accounts.create_user(db, settings, **body.model_dump())
-    return accounts.public_user(user)
+    return accounts.public_user(db, user)
 
 
 @router.get("/{user_id}", response_model=UserPublic, responses=error_responses(401, 403, 404, 422))
@@ -82,7 +84,7 @@ def read_user(user_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) ->
     """Any user with users:read; your own account always."""
     if user_id != principal.user.id and not principal.can(USERS_READ):
         raise permission_denied(f"This requires the permission {USERS_READ}.")
-    return accounts.public_user(accounts.get_user(db, user_id))
+    return accounts.public_user(db, accounts.get_user(db, user_id))
 
 
 @router.patch("/{user_id}", response_model=UserPublic, responses=error_responses(401, 403, 404, 409, 422))
@@ -99,7 +101,7 @@ def update_user(
     accounts.check_can_manage(principal, user, changes)
     if changes.get("is_active") is False or changes.get("is_superuser") is False:
         accounts.check_not_self(principal, user, "deactivate or demote your own account")
-    return accounts.public_user(accounts.update_user(db, settings, user, changes))
+    return accounts.public_user(db, accounts.update_user(db, settings, user, changes))
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 409, 422))

@@ -1,0 +1,78 @@
+"""Roles (/roles) and who holds them (/users/{id}/roles/{name})."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from auth_service import accounts, roles
+from auth_service.deps import DbSession, require_permission
+from auth_service.errors import error_responses
+from auth_service.permissions import ROLES_ASSIGN, ROLES_READ, ROLES_WRITE
+from auth_service.schemas import RoleCreate, RoleName, RolePublic, RolesPublic, RoleUpdate, UserPublic
+from auth_service.sessions import Principal
+
+router = APIRouter(tags=["roles"])
+
+CanRead = Annotated[Principal, Depends(require_permission(ROLES_READ))]
+CanWrite = Annotated[Principal, Depends(require_permission(ROLES_WRITE))]
+CanAssign = Annotated[Principal, Depends(require_permission(ROLES_ASSIGN))]
+
+
+@router.get("/roles", response_model=RolesPublic, responses=error_responses(401, 403, 422))
+def list_roles(
+    _: CanRead,
+    db: DbSession,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> RolesPublic:
+    found, count = roles.list_roles(db, offset=offset, limit=limit)
+    return RolesPublic(data=[RolePublic.model_validate(r) for r in found], count=count)
+
+
+@router.post(
+    "/roles",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RolePublic,
+    responses=error_responses(401, 403, 409, 422),
+)
+def create_role(body: RoleCreate, principal: CanWrite, db: DbSession) -> RolePublic:
+    """Create a role. You can only put in permissions you hold yourself (superusers hold all)."""
+    role = roles.create_role(db, principal, name=body.name, description=body.description, permissions=body.permissions)
+    return RolePublic.model_validate(role)
+
+
+@router.get("/roles/{name}", response_model=RolePublic, responses=error_responses(401, 403, 404, 422))
+def read_role(name: RoleName, _: CanRead, db: DbSession) -> RolePublic:
+    return RolePublic.model_validate(roles.get_role(db, name))
+
+
+@router.patch("/roles/{name}", response_model=RolePublic, responses=error_responses(401, 403, 404, 409, 422))
+def update_role(name: RoleName, body: RoleUpdate, principal: CanWrite, db: DbSession) -> RolePublic:
+    """Rename, describe, or replace the permissions; holders get the change on their next request."""
+    role = roles.update_role(db, principal, roles.get_role(db, name), body.model_dump(exclude_unset=True))
+    return RolePublic.model_validate(role)
+
+
+@router.delete("/roles/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 422))
+def delete_role(name: RoleName, _: CanWrite, db: DbSession) -> None:
+    """Delete a role; every user holding it loses it."""
+    roles.delete_role(db, roles.get_role(db, name))
+
+
+@router.post("/users/{user_id}/roles/{name}", response_model=UserPublic, responses=error_responses(401, 403, 404, 422))
+def assign_role(user_id: uuid.UUID, name: RoleName, principal: CanAssign, db: DbSession) -> UserPublic:
+    """Give a user a role (already holding it is fine)."""
+    user = accounts.get_user(db, user_id)
+    roles.assign_role(db, principal, user, roles.get_role(db, name))
+    return accounts.public_user(db, user)
+
+
+@router.delete(
+    "/users/{user_id}/roles/{name}", response_model=UserPublic, responses=error_responses(401, 403, 404, 422)
+)
+def remove_role(user_id: uuid.UUID, name: RoleName, principal: CanAssign, db: DbSession) -> UserPublic:
+    """Take a role from a user (not holding it is fine)."""
+    user = accounts.get_user(db, user_id)
+    roles.remove_role(db, principal, user, roles.get_role(db, name))
+    return accounts.public_user(db, user)
