@@ -8,7 +8,9 @@ from sqlalchemy import func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from auth_service import one_time_tokens
 from auth_service.config import Settings
+from auth_service.email_flows import queue_verification
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
 from auth_service.models import User, utcnow
 from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
@@ -112,9 +114,20 @@ def create_user(
         is_verified=is_verified,
     )
     session.add(user)
-    _commit_unique_email(session)
+    _flush_unique_email(session)
+    if not user.is_verified:
+        queue_verification(session, settings, user)
+    session.commit()
     session.refresh(user)
     return user
+
+
+def _flush_unique_email(session: Session) -> None:
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise email_taken() from None
 
 
 def _commit_unique_email(session: Session) -> None:
@@ -126,9 +139,10 @@ def _commit_unique_email(session: Session) -> None:
 
 
 def update_user(session: Session, settings: Settings, user: User, changes: dict[str, Any]) -> User:
-    """Apply already-validated changes. A new email resets verification; a new password
-    or a deactivation ends the user's sessions."""
-    if "email" in changes and changes["email"] != user.email:
+    """Apply already-validated changes. A new email must be verified again (a mail goes to
+    it); a new password or a deactivation ends the user's sessions."""
+    new_email = "email" in changes and changes["email"] != user.email
+    if new_email:
         if find_user_by_email(session, changes["email"]) is not None:
             raise email_taken()
         user.email = changes["email"]
@@ -136,6 +150,7 @@ def update_user(session: Session, settings: Settings, user: User, changes: dict[
     if "password" in changes:
         check_password(settings, changes["password"], user.email)
         user.hashed_password = hash_password(settings, changes["password"])
+        one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
         revoke_user_sessions(session, user.id, reason="password_changed")
     for field in ("full_name", "is_active", "is_superuser", "is_verified"):
         if field in changes:
@@ -144,6 +159,9 @@ def update_user(session: Session, settings: Settings, user: User, changes: dict[
         revoke_user_sessions(session, user.id, reason="deactivated")
     user.updated_at = utcnow()
     session.add(user)
+    _flush_unique_email(session)
+    if new_email and not user.is_verified:
+        queue_verification(session, settings, user)
     _commit_unique_email(session)
     session.refresh(user)
     return user
@@ -160,6 +178,7 @@ def change_password(
     user.hashed_password = hash_password(settings, new)
     user.updated_at = utcnow()
     session.add(user)
+    one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
     revoke_user_sessions(session, user.id, reason="password_changed", keep=keep_session)
     session.commit()
 

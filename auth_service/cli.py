@@ -1,9 +1,12 @@
 """`python -m auth_service COMMAND`: the few jobs an operator runs by hand or from cron."""
 
 import argparse
+import contextlib
 import getpass
 import os
+import signal
 import sys
+import threading
 
 from sqlmodel import Session, col, select
 
@@ -11,6 +14,7 @@ from auth_service.accounts import ensure_superuser, find_user_by_email
 from auth_service.config import Settings
 from auth_service.db import make_engine
 from auth_service.models import Role, UserRole
+from auth_service.outbox import deliver_due, run_sender
 from auth_service.password_policy import password_problems
 from auth_service.schemas import normalize_email
 from auth_service.sessions import prune_sessions
@@ -59,6 +63,19 @@ def grant_role(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def send_mail(settings: Settings, args: argparse.Namespace) -> int:
+    """Deliver the outbox from a separate process (set OUTBOX_WORKER=false on the app to leave it all here)."""
+    engine = make_engine(settings.database_url)
+    if args.once:
+        print(f"delivered {deliver_due(engine, settings)}")
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        run_sender(engine, settings, stop)
+    return 0
+
+
 def prune(settings: Settings, args: argparse.Namespace) -> int:
     """Delete what is past retention; safe to run from cron on any host."""
     with Session(make_engine(settings.database_url)) as session:
@@ -78,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     grant.add_argument("--email", required=True)
     grant.add_argument("--role", required=True)
     grant.set_defaults(run=grant_role)
+    sender = commands.add_parser("send-mail", help=send_mail.__doc__)
+    sender.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
+    sender.set_defaults(run=send_mail)
     commands.add_parser("prune", help=prune.__doc__).set_defaults(run=prune)
     args = parser.parse_args(argv)
     try:

@@ -49,6 +49,23 @@ class Settings(DatabaseSettings):
     argon2_parallelism: int = Field(default=4, ge=1)
     hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
 
+    public_url: str = "http://127.0.0.1:8000"
+    verify_email_url: str = "{public_url}/verify-email?token={token}"
+    password_reset_url: str = "{public_url}/reset-password?token={token}"
+    email_verify_token_hours: int = Field(default=24, ge=1)
+    password_reset_token_minutes: int = Field(default=60, ge=1)
+    email_backend: Literal["console", "smtp"] = "console"
+    email_from: str = "auth_service <no-reply@localhost>"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_timeout: float = Field(default=10.0, gt=0)
+    outbox_worker: bool = True
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+
     first_superuser_email: str | None = None
     first_superuser_password: SecretStr | None = None
 

@@ -16,6 +16,7 @@ from auth_service.config import Settings
 from auth_service.db import make_engine
 from auth_service.errors import install_error_handlers
 from auth_service.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from auth_service.outbox import start_sender_thread
 from auth_service.routers import auth, health, roles, users
 
 logger = logging.getLogger("auth_service")
@@ -34,7 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_first_superuser(settings, app)
+        stop_sender = start_sender_thread(engine, settings) if settings.outbox_worker else None
         yield
+        if stop_sender:
+            stop_sender()
         engine.dispose()
 
     app = FastAPI(

@@ -113,3 +113,34 @@ class UserRole(SQLModel, table=True):
 
     user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
     role_id: uuid.UUID = Field(foreign_key="role.id", ondelete="CASCADE", primary_key=True, index=True)
+
+
+class OneTimeToken(SQLModel, table=True):
+    """A single-use secret sent by mail (email verification, password reset); only its hash is kept."""
+
+    __tablename__ = "one_time_token"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    purpose: str = Field(max_length=32)
+    token_hash: str = Field(max_length=64, unique=True)
+    email: str = Field(max_length=254)
+    created_at: datetime = timestamp(default_factory=utcnow)
+    expires_at: datetime = timestamp()
+    used_at: datetime | None = timestamp(default=None, nullable=True)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """Something to deliver (a mail), written in the transaction that caused it, sent after commit."""
+
+    __tablename__ = "outbox"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    kind: str = Field(max_length=16)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = timestamp(default_factory=utcnow)
+    available_at: datetime = timestamp(default_factory=utcnow, index=True)
+    locked_until: datetime | None = timestamp(default=None, nullable=True)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    sent_at: datetime | None = timestamp(default=None, nullable=True, index=True)

@@ -197,6 +197,28 @@ class IntrospectResponse(SQLModel):
     permissions: list[str] | None = None
 
 
+# --- email verification and password reset --------------------------------------------
+
+OneTimeSecret = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class Message(SQLModel):
+    detail: str
+
+
+class TokenSubmit(SQLModel):
+    token: OneTimeSecret
+
+
+class PasswordResetRequest(SQLModel):
+    email: Email = Field(schema_extra={"examples": ["ada@example.com"]})
+
+
+class PasswordResetConfirm(SQLModel):
+    token: OneTimeSecret
+    new_password: Password
+
+
 # --- health ----------------------------------------------------------------------------
 
 

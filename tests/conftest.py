@@ -92,6 +92,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "argon2_time_cost": 1,
         "argon2_memory_cost": 1024,
         "argon2_parallelism": 1,
+        "outbox_worker": False,  # tests deliver with outbox.deliver_due, or turn it on
         "_env_file": None,
     }
     values.update(overrides)

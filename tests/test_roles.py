@@ -143,7 +143,9 @@ def test_cannot_grant_permissions_you_do_not_hold(client: TestClient, admin: Acc
     grant(client, admin, user, "role-manager")
     refused = client.post("/roles", json={"name": "mine", "permissions": ["users:delete"]}, headers=user.headers)
     assert refused.status_code == 403 and "users:delete" in refused.json()["detail"]
-    grow = client.patch("/roles/role-manager", json={"permissions": ["roles:write", "users:write"]}, headers=user.headers)
+    grow = client.patch(
+        "/roles/role-manager", json={"permissions": ["roles:write", "users:write"]}, headers=user.headers
+    )
     assert grow.status_code == 403
     assert client.post(f"/users/{user.id}/roles/auditor", headers=user.headers).status_code == 403
     allowed = client.post("/roles", json={"name": "reader", "permissions": ["roles:read"]}, headers=user.headers)
@@ -183,7 +185,5 @@ def test_grant_role_command(client: TestClient, user: Account, database_url: str
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert client.get("/users", headers=user.headers).status_code == 200
-    missing = subprocess.run(
-        [*command[:-1], "nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    missing = subprocess.run([*command[:-1], "nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "no role" in missing.stderr

@@ -5,17 +5,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response, status
 
-from auth_service import accounts, sessions
+from auth_service import accounts, email_flows, sessions
 from auth_service.deps import CurrentPrincipal, DbSession, SettingsDep
 from auth_service.errors import AppError, ErrorCode, error_responses, not_found
 from auth_service.schemas import (
     IntrospectRequest,
     IntrospectResponse,
+    Message,
+    PasswordResetConfirm,
+    PasswordResetRequest,
     RefreshRequest,
     SessionPublic,
     SessionsPublic,
     Token,
     TokenErrorResponse,
+    TokenSubmit,
     UserCreate,
     UserPublic,
 )
@@ -138,3 +142,47 @@ def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSes
 def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) -> IntrospectResponse:
     """RFC 7662: `{"active": false}` for anything not a live access token; its claims otherwise."""
     return sessions.introspect(db, settings, body.token)
+
+
+@router.post(
+    "/verify-email/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Message,
+    responses=error_responses(401, 403),
+)
+def request_verification(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> Message:
+    """Mail a new verification link to your address (older links stop working)."""
+    if principal.user.is_verified:
+        return Message(detail="Your email address is already verified.")
+    email_flows.queue_verification(db, settings, principal.user)
+    db.commit()
+    return Message(detail="A verification link is on its way.")
+
+
+@router.post("/verify-email", response_model=UserPublic, responses=error_responses(400, 422))
+def verify_email(body: TokenSubmit, db: DbSession) -> UserPublic:
+    """Confirm an email address with the token from the mail. 400 INVALID_TOKEN or TOKEN_EXPIRED."""
+    return accounts.public_user(db, email_flows.verify_email(db, body.token))
+
+
+RESET_REQUESTED = "If an account uses this email, a reset link is on its way."
+
+
+@router.post(
+    "/password-reset/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Message,
+    responses=error_responses(422),
+)
+def request_password_reset(body: PasswordResetRequest, db: DbSession) -> Message:
+    """Always 202 with the same answer, whether or not the email has an account."""
+    email_flows.request_password_reset(db, body.email)
+    db.commit()
+    return Message(detail=RESET_REQUESTED)
+
+
+@router.post("/password-reset/confirm", response_model=Message, responses=error_responses(400, 422))
+def confirm_password_reset(body: PasswordResetConfirm, db: DbSession, settings: SettingsDep) -> Message:
+    """Set a new password with the token from the mail; every session of the account ends."""
+    email_flows.reset_password(db, settings, body.token, body.new_password)
+    return Message(detail="Your password has been reset; log in with the new one.")

@@ -1,0 +1,65 @@
+"""Email verification and password reset: the flows that prove someone reads a mailbox."""
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from auth_service import one_time_tokens
+from auth_service.config import Settings
+from auth_service.emails import password_reset_mail, queue_mail, verification_mail
+from auth_service.models import OutboxMessage, User, utcnow
+from auth_service.password_policy import check_password
+from auth_service.security import hash_password
+from auth_service.sessions import revoke_user_sessions
+
+RESET_REQUEST = "reset_request"
+
+
+def queue_verification(session: Session, settings: Settings, user: User) -> None:
+    """A fresh verification token, mailed to the user's current address (no commit)."""
+    lifetime = timedelta(hours=settings.email_verify_token_hours)
+    token = one_time_tokens.issue(session, user, one_time_tokens.VERIFY_EMAIL, lifetime)
+    queue_mail(session, verification_mail(settings, user.email, token))
+
+
+def verify_email(session: Session, token: str) -> User:
+    user = one_time_tokens.consume(session, token, one_time_tokens.VERIFY_EMAIL)
+    user.is_verified = True
+    user.updated_at = utcnow()
+    session.add(user)
+    session.commit()
+    session.refresh(user)
+    return user
+
+
+def request_password_reset(session: Session, email: str) -> None:
+    """Queue the request and answer at once: the same single insert whether or not the
+    email has an account, so neither the answer nor its timing tells (no commit)."""
+    session.add(OutboxMessage(kind=RESET_REQUEST, payload={"email": email}))
+
+
+def handle_reset_request(engine: Engine, settings: Settings, payload: dict[str, Any]) -> None:
+    """Run by the outbox sender: if an active account has the email, queue its reset mail."""
+    with Session(engine) as session:
+        user = session.exec(select(User).where(col(User.email) == payload["email"])).first()
+        if user is None or not user.is_active:
+            return
+        lifetime = timedelta(minutes=settings.password_reset_token_minutes)
+        token = one_time_tokens.issue(session, user, one_time_tokens.PASSWORD_RESET, lifetime)
+        queue_mail(session, password_reset_mail(settings, user.email, token))
+        session.commit()
+
+
+def reset_password(session: Session, settings: Settings, token: str, new_password: str) -> None:
+    """Set the new password, end every session, and mark the email verified (the link proved it)."""
+    user = one_time_tokens.consume(session, token, one_time_tokens.PASSWORD_RESET)
+    check_password(settings, new_password, user.email)
+    user.hashed_password = hash_password(settings, new_password)
+    user.is_verified = True
+    user.updated_at = utcnow()
+    session.add(user)
+    one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
+    revoke_user_sessions(session, user.id, reason="password_reset")
+    session.commit()
