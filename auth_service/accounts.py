@@ -8,10 +8,11 @@ from sqlalchemy import func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from auth_service import one_time_tokens
+from auth_service import audit, one_time_tokens
 from auth_service.config import Settings
 from auth_service.email_flows import queue_verification
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
+from auth_service.metrics import LOGINS
 from auth_service.models import User, utcnow
 from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
 from auth_service.roles import role_names
@@ -29,15 +30,19 @@ def authenticate(session: Session, settings: Settings, username: str, password: 
     answer does not tell which emails have accounts. Upgrades an outdated hash.
     """
     try:
-        user = find_user_by_email(session, normalize_email(username))
+        email: str | None = normalize_email(username)
     except ValueError:
-        user = None
+        email = None
+    user = find_user_by_email(session, email) if email else None
     ok, new_hash = verify_password(settings, password, user.hashed_password if user else None)
     if not ok or user is None:
+        _login_failed(session, settings, user, email or username[:254], "invalid_credentials")
         raise AppError(400, ErrorCode.INVALID_CREDENTIALS, "Incorrect email or password.", oauth_error="invalid_grant")
     if not user.is_active:
+        _login_failed(session, settings, user, user.email, "inactive")
         raise AppError(400, ErrorCode.INACTIVE_USER, "This account is deactivated.", oauth_error="invalid_grant")
     if settings.require_verified_email and not user.is_verified:
+        _login_failed(session, settings, user, user.email, "email_not_verified")
         raise AppError(
             403,
             ErrorCode.EMAIL_NOT_VERIFIED,
@@ -47,6 +52,15 @@ def authenticate(session: Session, settings: Settings, username: str, password: 
     if new_hash:
         user.hashed_password = new_hash
     return user
+
+
+def _login_failed(session: Session, settings: Settings, user: User | None, email: str, reason: str) -> None:
+    """A failed login is recorded though the request fails: in a transaction of its own."""
+    session.rollback()
+    LOGINS.labels("failed").inc()
+    subject = user.id if user else None
+    audit.record(session, settings, "auth.login_failed", subject_id=subject, details={"email": email, "reason": reason})
+    session.commit()
 
 
 def email_taken() -> AppError:
@@ -97,11 +111,14 @@ def create_user(
     email: str,
     password: str,
     full_name: str | None = None,
+    actor_id: uuid.UUID | None = None,
     is_active: bool = True,
     is_superuser: bool = False,
     is_verified: bool = False,
 ) -> User:
-    """Insert a user; the unique index, not the pre-check, settles a race (409, never 500)."""
+    """Insert a user; the unique index, not the pre-check, settles a race (409, never 500).
+
+    With no actor it is a signup; with one, an admin's creation."""
     check_password(settings, password, email)
     if find_user_by_email(session, email) is not None:
         raise email_taken()
@@ -117,6 +134,14 @@ def create_user(
     _flush_unique_email(session)
     if not user.is_verified:
         queue_verification(session, settings, user)
+    audit.record(
+        session,
+        settings,
+        "user.created" if actor_id else "user.signed_up",
+        actor_id=actor_id or user.id,
+        subject_id=user.id,
+        details={"email": user.email},
+    )
     session.commit()
     session.refresh(user)
     return user
@@ -138,7 +163,9 @@ def _commit_unique_email(session: Session) -> None:
         raise email_taken() from None
 
 
-def update_user(session: Session, settings: Settings, user: User, changes: dict[str, Any]) -> User:
+def update_user(
+    session: Session, settings: Settings, user: User, changes: dict[str, Any], *, actor_id: uuid.UUID
+) -> User:
     """Apply already-validated changes. A new email must be verified again (a mail goes to
     it); a new password or a deactivation ends the user's sessions."""
     new_email = "email" in changes and changes["email"] != user.email
@@ -162,6 +189,8 @@ def update_user(session: Session, settings: Settings, user: User, changes: dict[
     _flush_unique_email(session)
     if new_email and not user.is_verified:
         queue_verification(session, settings, user)
+    fields = sorted(changes)  # names only, never values: a password is one
+    audit.record(session, settings, "user.updated", actor_id=actor_id, subject_id=user.id, details={"fields": fields})
     _commit_unique_email(session)
     session.refresh(user)
     return user
@@ -180,6 +209,7 @@ def change_password(
     session.add(user)
     one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
     revoke_user_sessions(session, user.id, reason="password_changed", keep=keep_session)
+    audit.record(session, settings, "password.changed", actor_id=user.id, subject_id=user.id)
     session.commit()
 
 
@@ -187,12 +217,14 @@ def delete_own_account(session: Session, settings: Settings, user: User, passwor
     ok, _ = verify_password(settings, password, user.hashed_password)
     if not ok:
         raise invalid_current_password()
-    delete_user(session, user)
+    delete_user(session, settings, user, actor_id=user.id)
 
 
-def delete_user(session: Session, user: User) -> None:
-    """Sessions and refresh tokens go with the user (ON DELETE CASCADE)."""
-    revoke_user_sessions(session, user.id, reason="user_deleted")
+def delete_user(session: Session, settings: Settings, user: User, *, actor_id: uuid.UUID) -> None:
+    """Sessions, tokens and role links go with the user (ON DELETE CASCADE); the audit trail stays."""
+    audit.record(
+        session, settings, "user.deleted", actor_id=actor_id, subject_id=user.id, details={"email": user.email}
+    )
     session.delete(user)
     session.commit()
 

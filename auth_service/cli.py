@@ -10,11 +10,13 @@ import threading
 
 from sqlmodel import Session, col, select
 
+from auth_service import one_time_tokens
 from auth_service.accounts import ensure_superuser, find_user_by_email
+from auth_service.audit import prune_events
 from auth_service.config import Settings
 from auth_service.db import make_engine
 from auth_service.models import Role, UserRole
-from auth_service.outbox import deliver_due, run_sender
+from auth_service.outbox import deliver_due, prune_delivered, run_sender
 from auth_service.password_policy import password_problems
 from auth_service.schemas import normalize_email
 from auth_service.sessions import prune_sessions
@@ -79,8 +81,13 @@ def send_mail(settings: Settings, args: argparse.Namespace) -> int:
 def prune(settings: Settings, args: argparse.Namespace) -> int:
     """Delete what is past retention; safe to run from cron on any host."""
     with Session(make_engine(settings.database_url)) as session:
-        sessions = prune_sessions(session, settings.session_retention_days)
-    print(f"pruned {sessions} sessions")
+        counts = {
+            "sessions": prune_sessions(session, settings.session_retention_days),
+            "audit events": prune_events(session, settings.audit_retention_days),
+            "delivered outbox messages": prune_delivered(session),
+            "one-time tokens": one_time_tokens.prune(session),
+        }
+    print("pruned " + ", ".join(f"{count} {what}" for what, count in counts.items()))
     return 0
 
 

@@ -66,20 +66,34 @@ class Settings(DatabaseSettings):
     outbox_worker: bool = True
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
 
+    webhook_urls: Annotated[list[str], NoDecode] = []
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(default=5.0, gt=0)
+    audit_retention_days: int = Field(default=365, ge=1)
+
     first_superuser_email: str | None = None
     first_superuser_password: SecretStr | None = None
 
     cors_origins: Annotated[list[str], NoDecode] = []
     forwarded_allow_ips: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=65536, ge=1024)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "debug", "info", "warning", "error"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics: Literal["off", "open", "token"] | None = None
+    metrics_token: SecretStr | None = None
 
-    @field_validator("cors_origins", "forwarded_allow_ips", mode="before")
+    @field_validator("cors_origins", "forwarded_allow_ips", "webhook_urls", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _check_metrics_token(self) -> "Settings":
+        if self.metrics == "token" and not (self.metrics_token and self.metrics_token.get_secret_value()):
+            raise ValueError("METRICS=token needs METRICS_TOKEN")
+        return self
 
     @model_validator(mode="after")
     def _check_secret_key(self) -> "Settings":
@@ -94,6 +108,11 @@ class Settings(DatabaseSettings):
         if weak and self.environment != "development":
             raise ValueError("SECRET_KEY must be at least 32 bytes and not a placeholder")
         return self
+
+    @property
+    def metrics_mode(self) -> str:
+        """Unset: open in development and test, off in production."""
+        return self.metrics or ("off" if self.environment == "production" else "open")
 
     @property
     def secret(self) -> str:

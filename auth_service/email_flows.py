@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from auth_service import one_time_tokens
+from auth_service import audit, one_time_tokens
 from auth_service.config import Settings
 from auth_service.emails import password_reset_mail, queue_mail, verification_mail
 from auth_service.models import OutboxMessage, User, utcnow
@@ -24,20 +24,24 @@ def queue_verification(session: Session, settings: Settings, user: User) -> None
     queue_mail(session, verification_mail(settings, user.email, token))
 
 
-def verify_email(session: Session, token: str) -> User:
+def verify_email(session: Session, settings: Settings, token: str) -> User:
     user = one_time_tokens.consume(session, token, one_time_tokens.VERIFY_EMAIL)
     user.is_verified = True
     user.updated_at = utcnow()
     session.add(user)
+    audit.record(
+        session, settings, "email.verified", actor_id=user.id, subject_id=user.id, details={"email": user.email}
+    )
     session.commit()
     session.refresh(user)
     return user
 
 
-def request_password_reset(session: Session, email: str) -> None:
-    """Queue the request and answer at once: the same single insert whether or not the
-    email has an account, so neither the answer nor its timing tells (no commit)."""
+def request_password_reset(session: Session, settings: Settings, email: str) -> None:
+    """Queue the request and answer at once: the same inserts whether or not the email
+    has an account, so neither the answer nor its timing tells (no commit)."""
     session.add(OutboxMessage(kind=RESET_REQUEST, payload={"email": email}))
+    audit.record(session, settings, "password.reset_requested", details={"email": email})
 
 
 def handle_reset_request(engine: Engine, settings: Settings, payload: dict[str, Any]) -> None:
@@ -62,4 +66,5 @@ def reset_password(session: Session, settings: Settings, token: str, new_passwor
     session.add(user)
     one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
     revoke_user_sessions(session, user.id, reason="password_reset")
+    audit.record(session, settings, "password.reset", actor_id=user.id, subject_id=user.id)
     session.commit()

@@ -15,9 +15,10 @@ from auth_service.accounts import ensure_superuser
 from auth_service.config import Settings
 from auth_service.db import make_engine
 from auth_service.errors import install_error_handlers
-from auth_service.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from auth_service.logs import configure_logging
+from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
 from auth_service.outbox import start_sender_thread
-from auth_service.routers import auth, health, roles, users
+from auth_service.routers import audit, auth, health, metrics, roles, users
 
 logger = logging.getLogger("auth_service")
 
@@ -29,7 +30,7 @@ username, then try `GET /users/me`. Errors have one shape: `{"detail": ..., "cod
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     engine = make_engine(settings.database_url)
 
     @asynccontextmanager
@@ -61,11 +62,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(RequestLogMiddleware)
     # Outermost: the client address is the proxy's unless the proxy is trusted.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips or [])
     app.include_router(auth.router)
     app.include_router(users.router)
     app.include_router(roles.router)
+    app.include_router(audit.router)
+    app.include_router(metrics.router)
     app.include_router(health.router)
     return app
 

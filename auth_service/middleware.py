@@ -1,9 +1,20 @@
-"""ASGI middleware: a body-size limit applied before parsing, and security headers."""
+"""ASGI middleware: request context and logging, a body-size limit, security headers."""
 
-from starlette.datastructures import MutableHeaders
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auth_service.errors import ErrorCode, error_response
+from auth_service.metrics import LATENCY, REQUESTS
+from auth_service.request_context import RequestInfo, current_request
+
+access_log = logging.getLogger("auth_service.access")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
 
 DOCS_PREFIXES = ("/docs", "/redoc", "/openapi.json")
 
@@ -79,3 +90,43 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class RequestLogMiddleware:
+    """Per request: an id (the caller's X-Request-ID if sane, else a new one, echoed back),
+    the context the audit log reads, one log line, and the request metrics."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        offered = headers.get("x-request-id", "")
+        request_id = offered if REQUEST_ID.match(offered) else uuid.uuid4().hex
+        client = scope.get("client")
+        info = RequestInfo(request_id, client[0] if client else None, headers.get("user-agent"))
+        context = current_request.set(info)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "<unmatched>")
+            method = scope["method"]
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(elapsed)
+            fields = {"method": method, "route": route, "status": status, "duration_ms": round(elapsed * 1000, 1)}
+            access_log.info("%s %s %d %.1fms", method, route, status, elapsed * 1000, extra=fields)
+            current_request.reset(context)

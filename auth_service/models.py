@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Dialect, MetaData
+from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Dialect, Integer, MetaData
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -144,3 +144,20 @@ class OutboxMessage(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=500)
     sent_at: datetime | None = timestamp(default=None, nullable=True, index=True)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what to whom, from where. The integer id is the polling cursor: ids are
+    assigned in commit order (see audit.record), so `after=<id>` never skips an event."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger().with_variant(Integer(), "sqlite"))
+    at: datetime = timestamp(default_factory=utcnow, index=True)
+    type: str = Field(max_length=64, index=True)
+    actor_id: uuid.UUID | None = Field(default=None, index=True)
+    subject_id: uuid.UUID | None = Field(default=None, index=True)
+    client_ip: str | None = Field(default=None, max_length=45)
+    user_agent: str | None = Field(default=None, max_length=512)
+    request_id: str | None = Field(default=None, max_length=128)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)

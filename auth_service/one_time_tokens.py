@@ -3,7 +3,7 @@
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from auth_service.errors import AppError, ErrorCode
@@ -69,3 +69,10 @@ def consume(session: Session, token: str, purpose: str) -> User:
     if spent != 1:  # spent concurrently
         raise invalid
     return user
+
+
+def prune(session: Session, older_than: timedelta = timedelta(days=1)) -> int:
+    """Delete tokens that expired more than a day ago; used ones expire like the rest."""
+    result = session.exec(delete(OneTimeToken).where(col(OneTimeToken.expires_at) < utcnow() - older_than))
+    session.commit()
+    return int(result.rowcount)

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, update
+from sqlalchemy import Engine, delete, func, or_, update
 from sqlmodel import Session, col, select
 
+from auth_service.audit import WEBHOOK, deliver_webhook
 from auth_service.config import Settings
 from auth_service.email_flows import RESET_REQUEST, handle_reset_request
 from auth_service.emails import MAIL, mail_from_payload, send_mail
@@ -33,7 +34,15 @@ def _deliver_mail(engine: Engine, settings: Settings, payload: dict[str, Any]) -
     send_mail(settings, mail_from_payload(payload))
 
 
-DELIVERERS: dict[str, Deliverer] = {MAIL: _deliver_mail, RESET_REQUEST: handle_reset_request}
+def _deliver_webhook(engine: Engine, settings: Settings, payload: dict[str, Any]) -> None:
+    deliver_webhook(settings, payload)
+
+
+DELIVERERS: dict[str, Deliverer] = {
+    MAIL: _deliver_mail,
+    RESET_REQUEST: handle_reset_request,
+    WEBHOOK: _deliver_webhook,
+}
 
 
 def backoff(attempts: int) -> timedelta:
@@ -136,3 +145,10 @@ def start_sender_thread(engine: Engine, settings: Settings) -> Callable[[], None
         thread.join(timeout=settings.smtp_timeout + 5)
 
     return stop_sender
+
+
+def prune_delivered(session: Session, older_than: timedelta = timedelta(days=7)) -> int:
+    """Forget delivered messages after a week (undelivered ones stay until they go)."""
+    result = session.exec(delete(OutboxMessage).where(col(OutboxMessage.sent_at) < utcnow() - older_than))
+    session.commit()
+    return int(result.rowcount)

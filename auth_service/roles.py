@@ -13,6 +13,8 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from auth_service import audit
+from auth_service.config import Settings
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
 from auth_service.models import Role, User, UserRole, utcnow
 from auth_service.sessions import Principal
@@ -50,19 +52,28 @@ def _commit_unique_name(session: Session, name: str) -> None:
 
 
 def create_role(
-    session: Session, actor: Principal, *, name: str, description: str | None, permissions: list[str]
+    session: Session,
+    settings: Settings,
+    actor: Principal,
+    *,
+    name: str,
+    description: str | None,
+    permissions: list[str],
 ) -> Role:
     check_no_escalation(actor, permissions)
     if session.exec(select(Role.id).where(col(Role.name) == name)).first() is not None:
         raise role_conflict(name)
     role = Role(name=name, description=description, permissions=sorted(set(permissions)))
     session.add(role)
+    details = {"role": name, "permissions": role.permissions}
+    audit.record(session, settings, "role.created", actor_id=actor.user.id, details=details)
     _commit_unique_name(session, name)
     session.refresh(role)
     return role
 
 
-def update_role(session: Session, actor: Principal, role: Role, changes: dict[str, Any]) -> Role:
+def update_role(session: Session, settings: Settings, actor: Principal, role: Role, changes: dict[str, Any]) -> Role:
+    previous_name = role.name
     if "permissions" in changes:
         check_no_escalation(actor, set(changes["permissions"]) - set(role.permissions))
         role.permissions = sorted(set(changes["permissions"]))
@@ -74,35 +85,43 @@ def update_role(session: Session, actor: Principal, role: Role, changes: dict[st
         role.description = changes["description"]
     role.updated_at = utcnow()
     session.add(role)
+    details = {"role": previous_name, "fields": sorted(changes), "name": role.name, "permissions": role.permissions}
+    audit.record(session, settings, "role.updated", actor_id=actor.user.id, details=details)
     _commit_unique_name(session, role.name)
     session.refresh(role)
     return role
 
 
-def delete_role(session: Session, role: Role) -> None:
+def delete_role(session: Session, settings: Settings, actor: Principal, role: Role) -> None:
     """Holders lose it with it (the link rows cascade)."""
+    audit.record(session, settings, "role.deleted", actor_id=actor.user.id, details={"role": role.name})
     session.delete(role)
     session.commit()
 
 
-def assign_role(session: Session, actor: Principal, user: User, role: Role) -> None:
-    """Give a user a role; holding it already is not an error."""
+def assign_role(session: Session, settings: Settings, actor: Principal, user: User, role: Role) -> None:
+    """Give a user a role; holding it already is not an error (and records nothing)."""
     check_no_escalation(actor, role.permissions)
     if session.get(UserRole, (user.id, role.id)) is not None:
         return
     session.add(UserRole(user_id=user.id, role_id=role.id))
+    audit.record(
+        session, settings, "role.assigned", actor_id=actor.user.id, subject_id=user.id, details={"role": role.name}
+    )
     try:
         session.commit()
     except IntegrityError:  # assigned concurrently: the outcome is the same
         session.rollback()
 
 
-def remove_role(session: Session, actor: Principal, user: User, role: Role) -> None:
+def remove_role(session: Session, settings: Settings, actor: Principal, user: User, role: Role) -> None:
     """Take a role away; not holding it is not an error."""
     check_no_escalation(actor, role.permissions)
     link = session.get(UserRole, (user.id, role.id))
     if link is not None:
         session.delete(link)
+        details = {"role": role.name}
+        audit.record(session, settings, "role.removed", actor_id=actor.user.id, subject_id=user.id, details=details)
         session.commit()
 
 

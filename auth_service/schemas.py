@@ -219,6 +219,28 @@ class PasswordResetConfirm(SQLModel):
     new_password: Password
 
 
+# --- audit -------------------------------------------------------------------------------
+
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,30}\.[a-z_]{1,30}$")]
+
+
+class AuditEventPublic(SQLModel):
+    id: int
+    at: datetime
+    type: str
+    actor_id: uuid.UUID | None
+    subject_id: uuid.UUID | None
+    client_ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    details: dict[str, Any]
+
+
+class AuditEventsPublic(SQLModel):
+    data: list[AuditEventPublic]
+    count: int
+
+
 # --- health ----------------------------------------------------------------------------
 
 

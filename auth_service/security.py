@@ -15,6 +15,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from auth_service.config import Settings
+from auth_service.metrics import HASH_SECONDS
 from auth_service.models import utcnow
 
 ACCESS_TOKEN_TYPE = "access"
@@ -49,7 +50,7 @@ def _get_hasher(settings: Settings) -> _Hasher:
 
 def hash_password(settings: Settings, password: str) -> str:
     hasher = _get_hasher(settings)
-    with hasher.slots:
+    with HASH_SECONDS.time(), hasher.slots:
         return hasher.hash.hash(normalize_password(password))
 
 
@@ -60,7 +61,7 @@ def verify_password(settings: Settings, password: str, password_hash: str | None
     as long as for a real account.
     """
     hasher = _get_hasher(settings)
-    with hasher.slots:
+    with HASH_SECONDS.time(), hasher.slots:
         if password_hash is None:
             hasher.hash.verify_and_update(normalize_password(password), _dummy_hash(settings))
             return False, None

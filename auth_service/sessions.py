@@ -12,10 +12,13 @@ from datetime import timedelta
 from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
+from auth_service import audit
 from auth_service.config import Settings
 from auth_service.errors import BEARER_INVALID, AppError, ErrorCode
+from auth_service.metrics import LOGINS
 from auth_service.models import RefreshToken, Role, User, UserRole, UserSession, utcnow
 from auth_service.permissions import BUILTIN_PERMISSIONS
+from auth_service.request_context import current_request
 from auth_service.schemas import IntrospectResponse, Token
 from auth_service.security import (
     TokenExpired,
@@ -84,18 +87,17 @@ def _issue(settings: Settings, principal: Principal, refresh_token: str) -> Toke
     return Token(access_token=access_token, expires_in=expires_in, refresh_token=refresh_token)
 
 
-def start_session(
-    session: Session, settings: Settings, user: User, *, user_agent: str | None, client_ip: str | None
-) -> Token:
+def start_session(session: Session, settings: Settings, user: User) -> Token:
     """A new session with its first refresh token; the user has already been authenticated."""
     now = utcnow()
+    client = current_request.get()
     user_session = UserSession(
         user_id=user.id,
         created_at=now,
         last_used_at=now,
         expires_at=now + timedelta(days=settings.refresh_token_expire_days),
-        user_agent=(user_agent or None) and user_agent[:512],
-        client_ip=client_ip,
+        user_agent=client.user_agent[:512] if client and client.user_agent else None,
+        client_ip=client.client_ip if client else None,
     )
     refresh_token = new_opaque_token()
     user.last_login_at = now
@@ -103,6 +105,9 @@ def start_session(
     session.add(user_session)
     session.flush()  # the session row first: the refresh token references it
     session.add(RefreshToken(session_id=user_session.id, token_hash=token_digest(refresh_token)))
+    details = {"session_id": str(user_session.id)}
+    LOGINS.labels("succeeded").inc()
+    audit.record(session, settings, "auth.login_succeeded", actor_id=user.id, subject_id=user.id, details=details)
     session.commit()
     principal = load_principal(session, user.id, user_session.id)
     assert principal is not None
@@ -137,6 +142,8 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
     if not claimed:
         session.rollback()
         revoke_session(session, user_session.id, reason="refresh_reused")
+        details = {"session_id": str(user_session.id)}
+        audit.record(session, settings, "auth.refresh_reused", subject_id=user_session.user_id, details=details)
         session.commit()
         logger.warning("refresh token reused; session %s revoked", user_session.id)
         raise _refresh_rejected("Refresh token was already used; the session has been ended.")
@@ -171,19 +178,34 @@ def revoke_user_sessions(session: Session, user_id: uuid.UUID, *, reason: str, k
     return int(result.rowcount)
 
 
-def end_own_session(session: Session, user_id: uuid.UUID, session_id: uuid.UUID, *, reason: str) -> bool:
+def logout(session: Session, settings: Settings, principal: Principal, *, everywhere: bool = False) -> None:
+    """End the caller's session, or all of the user's sessions."""
+    user_id = principal.user.id
+    if everywhere:
+        revoke_user_sessions(session, user_id, reason="logout_all")
+    else:
+        revoke_session(session, principal.session_id, reason="logout")
+    details = {"session_id": str(principal.session_id), "all": everywhere}
+    audit.record(session, settings, "auth.logout", actor_id=user_id, subject_id=user_id, details=details)
+    session.commit()
+
+
+def end_own_session(session: Session, settings: Settings, principal: Principal, session_id: uuid.UUID) -> bool:
     """Revoke a session if it belongs to the user and is live; False means "no such session"."""
     owned = session.exec(
         select(UserSession.id).where(
             col(UserSession.id) == session_id,
-            col(UserSession.user_id) == user_id,
+            col(UserSession.user_id) == principal.user.id,
             col(UserSession.revoked_at).is_(None),
             col(UserSession.expires_at) > utcnow(),
         )
     ).first()
     if owned is None:
         return False
-    revoke_session(session, session_id, reason=reason)
+    revoke_session(session, session_id, reason="session_deleted")
+    user_id = principal.user.id
+    details = {"session_id": str(session_id)}
+    audit.record(session, settings, "session.revoked", actor_id=user_id, subject_id=user_id, details=details)
     session.commit()
     return True
 

@@ -29,13 +29,6 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def client_of(request: Request) -> dict[str, str | None]:
-    return {
-        "user_agent": request.headers.get("user-agent"),
-        "client_ip": request.client.host if request.client else None,
-    }
-
-
 @router.post(
     "/signup",
     status_code=status.HTTP_201_CREATED,
@@ -86,7 +79,7 @@ def login(
             if not username or not password:
                 raise _oauth_error(400, "invalid_request", "username and password are required.")
             user = accounts.authenticate(db, settings, username, password)
-            return sessions.start_session(db, settings, user, **client_of(request))
+            return sessions.start_session(db, settings, user)
         if grant_type == "refresh_token":
             if not refresh_token:
                 raise _oauth_error(400, "invalid_request", "refresh_token is required.")
@@ -108,17 +101,15 @@ def refresh(body: RefreshRequest, response: Response, db: DbSession, settings: S
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401))
-def logout(principal: CurrentPrincipal, db: DbSession) -> None:
+def logout(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
     """End this session: its access and refresh tokens stop working at once."""
-    sessions.revoke_session(db, principal.session_id, reason="logout")
-    db.commit()
+    sessions.logout(db, settings, principal)
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401))
-def logout_all(principal: CurrentPrincipal, db: DbSession) -> None:
+def logout_all(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
     """End every session of this user, this one included."""
-    sessions.revoke_user_sessions(db, principal.user.id, reason="logout_all")
-    db.commit()
+    sessions.logout(db, settings, principal, everywhere=True)
 
 
 @router.get("/sessions", response_model=SessionsPublic, responses=error_responses(401))
@@ -130,9 +121,9 @@ def list_sessions(principal: CurrentPrincipal, db: DbSession) -> SessionsPublic:
 
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404))
-def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession) -> None:
+def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
     """End one of your sessions (someone else's is a 404)."""
-    if not sessions.end_own_session(db, principal.user.id, session_id, reason="session_deleted"):
+    if not sessions.end_own_session(db, settings, principal, session_id):
         raise not_found("Session")
 
 
@@ -160,9 +151,9 @@ def request_verification(principal: CurrentPrincipal, db: DbSession, settings: S
 
 
 @router.post("/verify-email", response_model=UserPublic, responses=error_responses(400, 422))
-def verify_email(body: TokenSubmit, db: DbSession) -> UserPublic:
+def verify_email(body: TokenSubmit, db: DbSession, settings: SettingsDep) -> UserPublic:
     """Confirm an email address with the token from the mail. 400 INVALID_TOKEN or TOKEN_EXPIRED."""
-    return accounts.public_user(db, email_flows.verify_email(db, body.token))
+    return accounts.public_user(db, email_flows.verify_email(db, settings, body.token))
 
 
 RESET_REQUESTED = "If an account uses this email, a reset link is on its way."
@@ -174,9 +165,9 @@ RESET_REQUESTED = "If an account uses this email, a reset link is on its way."
     response_model=Message,
     responses=error_responses(422),
 )
-def request_password_reset(body: PasswordResetRequest, db: DbSession) -> Message:
+def request_password_reset(body: PasswordResetRequest, db: DbSession, settings: SettingsDep) -> Message:
     """Always 202 with the same answer, whether or not the email has an account."""
-    email_flows.request_password_reset(db, body.email)
+    email_flows.request_password_reset(db, settings, body.email)
     db.commit()
     return Message(detail=RESET_REQUESTED)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from auth_service import accounts, roles
-from auth_service.deps import DbSession, require_permission
+from auth_service.deps import DbSession, SettingsDep, require_permission
 from auth_service.errors import error_responses
 from auth_service.permissions import ROLES_ASSIGN, ROLES_READ, ROLES_WRITE
 from auth_service.schemas import RoleCreate, RoleName, RolePublic, RolesPublic, RoleUpdate, UserPublic
@@ -36,9 +36,11 @@ def list_roles(
     response_model=RolePublic,
     responses=error_responses(401, 403, 409, 422),
 )
-def create_role(body: RoleCreate, principal: CanWrite, db: DbSession) -> RolePublic:
+def create_role(body: RoleCreate, principal: CanWrite, db: DbSession, settings: SettingsDep) -> RolePublic:
     """Create a role. You can only put in permissions you hold yourself (superusers hold all)."""
-    role = roles.create_role(db, principal, name=body.name, description=body.description, permissions=body.permissions)
+    role = roles.create_role(
+        db, settings, principal, name=body.name, description=body.description, permissions=body.permissions
+    )
     return RolePublic.model_validate(role)
 
 
@@ -48,31 +50,37 @@ def read_role(name: RoleName, _: CanRead, db: DbSession) -> RolePublic:
 
 
 @router.patch("/roles/{name}", response_model=RolePublic, responses=error_responses(401, 403, 404, 409, 422))
-def update_role(name: RoleName, body: RoleUpdate, principal: CanWrite, db: DbSession) -> RolePublic:
+def update_role(
+    name: RoleName, body: RoleUpdate, principal: CanWrite, db: DbSession, settings: SettingsDep
+) -> RolePublic:
     """Rename, describe, or replace the permissions; holders get the change on their next request."""
-    role = roles.update_role(db, principal, roles.get_role(db, name), body.model_dump(exclude_unset=True))
+    role = roles.update_role(db, settings, principal, roles.get_role(db, name), body.model_dump(exclude_unset=True))
     return RolePublic.model_validate(role)
 
 
 @router.delete("/roles/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 422))
-def delete_role(name: RoleName, _: CanWrite, db: DbSession) -> None:
+def delete_role(name: RoleName, principal: CanWrite, db: DbSession, settings: SettingsDep) -> None:
     """Delete a role; every user holding it loses it."""
-    roles.delete_role(db, roles.get_role(db, name))
+    roles.delete_role(db, settings, principal, roles.get_role(db, name))
 
 
 @router.post("/users/{user_id}/roles/{name}", response_model=UserPublic, responses=error_responses(401, 403, 404, 422))
-def assign_role(user_id: uuid.UUID, name: RoleName, principal: CanAssign, db: DbSession) -> UserPublic:
+def assign_role(
+    user_id: uuid.UUID, name: RoleName, principal: CanAssign, db: DbSession, settings: SettingsDep
+) -> UserPublic:
     """Give a user a role (already holding it is fine)."""
     user = accounts.get_user(db, user_id)
-    roles.assign_role(db, principal, user, roles.get_role(db, name))
+    roles.assign_role(db, settings, principal, user, roles.get_role(db, name))
     return accounts.public_user(db, user)
 
 
 @router.delete(
     "/users/{user_id}/roles/{name}", response_model=UserPublic, responses=error_responses(401, 403, 404, 422)
 )
-def remove_role(user_id: uuid.UUID, name: RoleName, principal: CanAssign, db: DbSession) -> UserPublic:
+def remove_role(
+    user_id: uuid.UUID, name: RoleName, principal: CanAssign, db: DbSession, settings: SettingsDep
+) -> UserPublic:
     """Take a role from a user (not holding it is fine)."""
     user = accounts.get_user(db, user_id)
-    roles.remove_role(db, principal, user, roles.get_role(db, name))
+    roles.remove_role(db, settings, principal, user, roles.get_role(db, name))
     return accounts.public_user(db, user)

@@ -32,7 +32,8 @@ def read_me(principal: CurrentPrincipal) -> UserPublic:
 @router.patch("/me", response_model=UserPublic, responses=error_responses(401, 403, 409, 422))
 def update_me(body: UserUpdateMe, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> UserPublic:
     """Change your name or email; a new email must be verified again."""
-    changed = accounts.update_user(db, settings, principal.user, body.model_dump(exclude_unset=True))
+    changes = body.model_dump(exclude_unset=True)
+    changed = accounts.update_user(db, settings, principal.user, changes, actor_id=principal.user.id)
     return UserPublic.model_validate(changed, update={"roles": principal.roles})
 
 
@@ -75,7 +76,7 @@ def create_user(
     """Create an account under the password policy. Only a superuser can create a superuser."""
     if body.is_superuser and not principal.user.is_superuser:
         raise permission_denied("Only a superuser can create a superuser.")
-    user = accounts.create_user(db, settings, **body.model_dump())
+    user = accounts.create_user(db, settings, actor_id=principal.user.id, **body.model_dump())
     return accounts.public_user(db, user)
 
 
@@ -101,7 +102,8 @@ def update_user(
     accounts.check_can_manage(principal, user, changes)
     if changes.get("is_active") is False or changes.get("is_superuser") is False:
         accounts.check_not_self(principal, user, "deactivate or demote your own account")
-    return accounts.public_user(db, accounts.update_user(db, settings, user, changes))
+    changed = accounts.update_user(db, settings, user, changes, actor_id=principal.user.id)
+    return accounts.public_user(db, changed)
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 403, 404, 409, 422))
@@ -109,9 +111,10 @@ def delete_user(
     user_id: uuid.UUID,
     principal: Annotated[Principal, Depends(require_permission(USERS_DELETE))],
     db: DbSession,
+    settings: SettingsDep,
 ) -> None:
     """Delete another user (yourself: DELETE /users/me)."""
     user = accounts.get_user(db, user_id)
     accounts.check_can_manage(principal, user)
     accounts.check_not_self(principal, user, "delete your own account here; use DELETE /users/me")
-    accounts.delete_user(db, user)
+    accounts.delete_user(db, settings, user, actor_id=principal.user.id)
