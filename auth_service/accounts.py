@@ -4,17 +4,18 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import func, or_
+from sqlalchemy import Engine, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from auth_service import audit, one_time_tokens
+from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.email_flows import queue_verification
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
 from auth_service.metrics import LOGINS
 from auth_service.models import User, utcnow
 from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
+from auth_service.request_context import current_request
 from auth_service.roles import role_names
 from auth_service.schemas import UserPublic, normalize_email
 from auth_service.security import hash_password, verify_password
@@ -28,16 +29,32 @@ def authenticate(session: Session, settings: Settings, username: str, password: 
 
     An unknown or malformed email still costs one hash verification, so the time of the
     answer does not tell which emails have accounts. Upgrades an outdated hash.
+
+    Throttled first (429, no hash spent): an account locked after repeated failures, or a
+    client IP with too many failures across accounts. Unknown emails lock the same way.
     """
     try:
         email: str | None = normalize_email(username)
     except ValueError:
         email = None
+    login_name = email or username.strip().lower()[:254]
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    client = current_request.get()
+    ip = client.client_ip if client else None
+    wait = throttle.login_locked_for(engine, login_name)
+    if wait is None and ip:
+        wait = throttle.exceeded(engine, throttle.ip_key(ip), settings.login_ip_limit)
+    if wait is not None:
+        LOGINS.labels("throttled").inc()
+        raise throttle.rate_limited(wait, "Too many failed logins")
     user = find_user_by_email(session, email) if email else None
     ok, new_hash = verify_password(settings, password, user.hashed_password if user else None)
     if not ok or user is None:
-        _login_failed(session, settings, user, email or username[:254], "invalid_credentials")
+        _login_failed(session, settings, user, login_name, "invalid_credentials")
+        throttle.note_login_failure(engine, settings, login_name, ip)
         raise AppError(400, ErrorCode.INVALID_CREDENTIALS, "Incorrect email or password.", oauth_error="invalid_grant")
+    throttle.clear_login_failures(engine, login_name)
     if not user.is_active:
         _login_failed(session, settings, user, user.email, "inactive")
         raise AppError(400, ErrorCode.INACTIVE_USER, "This account is deactivated.", oauth_error="invalid_grant")

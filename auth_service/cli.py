@@ -10,7 +10,7 @@ import threading
 
 from sqlmodel import Session, col, select
 
-from auth_service import one_time_tokens
+from auth_service import one_time_tokens, throttle
 from auth_service.accounts import ensure_superuser, find_user_by_email
 from auth_service.audit import prune_events
 from auth_service.config import Settings
@@ -80,12 +80,14 @@ def send_mail(settings: Settings, args: argparse.Namespace) -> int:
 
 def prune(settings: Settings, args: argparse.Namespace) -> int:
     """Delete what is past retention; safe to run from cron on any host."""
-    with Session(make_engine(settings.database_url)) as session:
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
         counts = {
             "sessions": prune_sessions(session, settings.session_retention_days),
             "audit events": prune_events(session, settings.audit_retention_days),
             "delivered outbox messages": prune_delivered(session),
             "one-time tokens": one_time_tokens.prune(session),
+            "rate-limit counters": throttle.prune(engine),
         }
     print("pruned " + ", ".join(f"{count} {what}" for what, count in counts.items()))
     return 0

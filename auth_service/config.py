@@ -5,17 +5,47 @@ they never show up in a repr, a log line or a traceback.
 """
 
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 MIN_SECRET_BYTES = 32
 PLACEHOLDER_SECRETS = {"changethis", "changeme", "secret", "secret-key", "your-secret-key", "dev", "test"}
 SECRET_KEY_FILE = ".auth_secret_key"
+
+
+UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+LIMIT_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day)s?\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` hits per `seconds`."""
+
+    count: int
+    seconds: int
+
+
+def parse_limit(value: object) -> object:
+    """ "5/hour", "100/15minutes", or "off"."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in ("off", "0", ""):
+        return None
+    match = LIMIT_PATTERN.match(value.lower())
+    if not match:
+        raise ValueError(f"not a rate limit: {value!r} (write it like 5/hour or 100/15minutes, or off)")
+    count, multiple, unit = match.groups()
+    return Limit(int(count), int(multiple or 1) * UNITS[unit])
+
+
+RateLimitSetting = Annotated[Limit | None, BeforeValidator(parse_limit)]
 
 
 class DatabaseSettings(BaseSettings):
@@ -70,6 +100,16 @@ class Settings(DatabaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_timeout: float = Field(default=5.0, gt=0)
     audit_retention_days: int = Field(default=365, ge=1)
+
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_base_seconds: int = Field(default=1, ge=1)
+    login_lockout_max_seconds: int = Field(default=900, ge=1)
+    login_failure_reset_seconds: int = Field(default=43200, ge=1)
+    login_ip_limit: RateLimitSetting = Field(default="100/15minutes", validate_default=True)
+    signup_ip_limit: RateLimitSetting = Field(default="50/hour", validate_default=True)
+    mail_email_limit: RateLimitSetting = Field(default="5/hour", validate_default=True)
+    mail_ip_limit: RateLimitSetting = Field(default="50/hour", validate_default=True)
+    introspect_ip_limit: RateLimitSetting = Field(default="6000/minute", validate_default=True)
 
     first_superuser_email: str | None = None
     first_superuser_password: SecretStr | None = None

@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlmodel import Session
 
-from auth_service.config import Settings
+from auth_service import throttle
+from auth_service.config import Limit, Settings
 from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode, permission_denied
 from auth_service.models import User
 from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
@@ -71,6 +72,16 @@ def require_permission(*permissions: str) -> Callable[[Principal], Principal]:
         if missing:
             raise permission_denied(f"This requires the permission {', '.join(missing)}.")
         return principal
+
+    return check
+
+
+def limit_per_ip(name: str, limit_of: Callable[[Settings], Limit | None]) -> Callable[[Request, Settings], None]:
+    """A dependency counting calls per client IP under `name`: 429 RATE_LIMITED past the limit."""
+
+    def check(request: Request, settings: SettingsDep) -> None:
+        ip = request.client.host if request.client else "unknown"
+        throttle.enforce(request.app.state.engine, f"{name}-ip:{ip}", limit_of(settings))
 
     return check
 

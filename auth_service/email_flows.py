@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from auth_service import audit, one_time_tokens
+from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.emails import password_reset_mail, queue_mail, verification_mail
 from auth_service.models import OutboxMessage, User, utcnow
@@ -15,6 +15,13 @@ from auth_service.security import hash_password
 from auth_service.sessions import revoke_user_sessions
 
 RESET_REQUEST = "reset_request"
+
+
+def mail_budget(session: Session, settings: Settings, email: str) -> None:
+    """At most MAIL_EMAIL_LIMIT requested mails to one address (counted for unknown ones too)."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    throttle.enforce(engine, f"mail:{email}", settings.mail_email_limit, "Too many mails to this address")
 
 
 def queue_verification(session: Session, settings: Settings, user: User) -> None:
@@ -40,6 +47,7 @@ def verify_email(session: Session, settings: Settings, token: str) -> User:
 def request_password_reset(session: Session, settings: Settings, email: str) -> None:
     """Queue the request and answer at once: the same inserts whether or not the email
     has an account, so neither the answer nor its timing tells (no commit)."""
+    mail_budget(session, settings, email)
     session.add(OutboxMessage(kind=RESET_REQUEST, payload={"email": email}))
     audit.record(session, settings, "password.reset_requested", details={"email": email})
 

@@ -161,3 +161,14 @@ class AuditEvent(SQLModel, table=True):
     user_agent: str | None = Field(default=None, max_length=512)
     request_id: str | None = Field(default=None, max_length=128)
     details: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class RateLimit(SQLModel, table=True):
+    """A counter shared by every worker: a fixed window of hits, and for logins a lock."""
+
+    __tablename__ = "rate_limit"
+
+    key: str = Field(max_length=300, primary_key=True)
+    window_start: datetime = timestamp()
+    count: int = 0
+    locked_until: datetime | None = timestamp(default=None, nullable=True)

@@ -207,7 +207,9 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # As the Makefile runs it: the app, not uvicorn, decides which proxies to trust.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False, access_log=False)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

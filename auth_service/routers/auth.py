@@ -1,12 +1,13 @@
 """Signup, the OAuth2 token endpoint, refresh, logout, sessions, introspection."""
 
 import uuid
+from operator import attrgetter
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, Response, status
+from fastapi import APIRouter, Depends, Form, Request, Response, status
 
 from auth_service import accounts, email_flows, sessions
-from auth_service.deps import CurrentPrincipal, DbSession, SettingsDep
+from auth_service.deps import CurrentPrincipal, DbSession, SettingsDep, limit_per_ip
 from auth_service.errors import AppError, ErrorCode, error_responses, not_found
 from auth_service.schemas import (
     IntrospectRequest,
@@ -33,7 +34,8 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     "/signup",
     status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
-    responses=error_responses(403, 409, 422),
+    responses=error_responses(403, 409, 422, 429),
+    dependencies=[Depends(limit_per_ip("signup", attrgetter("signup_ip_limit")))],
 )
 def signup(body: UserCreate, db: DbSession, settings: SettingsDep) -> UserPublic:
     """Create an account. Refused with 403 SIGNUP_DISABLED when ALLOW_SIGNUP is false."""
@@ -128,7 +130,11 @@ def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSes
 
 
 @router.post(
-    "/introspect", response_model=IntrospectResponse, response_model_exclude_none=True, responses=error_responses(422)
+    "/introspect",
+    response_model=IntrospectResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(422, 429),
+    dependencies=[Depends(limit_per_ip("introspect", attrgetter("introspect_ip_limit")))],
 )
 def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) -> IntrospectResponse:
     """RFC 7662: `{"active": false}` for anything not a live access token; its claims otherwise."""
@@ -139,12 +145,14 @@ def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) ->
     "/verify-email/request",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Message,
-    responses=error_responses(401, 403),
+    responses=error_responses(401, 403, 429),
+    dependencies=[Depends(limit_per_ip("mail", attrgetter("mail_ip_limit")))],
 )
 def request_verification(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> Message:
     """Mail a new verification link to your address (older links stop working)."""
     if principal.user.is_verified:
         return Message(detail="Your email address is already verified.")
+    email_flows.mail_budget(db, settings, principal.user.email)
     email_flows.queue_verification(db, settings, principal.user)
     db.commit()
     return Message(detail="A verification link is on its way.")
@@ -163,7 +171,8 @@ RESET_REQUESTED = "If an account uses this email, a reset link is on its way."
     "/password-reset/request",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Message,
-    responses=error_responses(422),
+    responses=error_responses(422, 429),
+    dependencies=[Depends(limit_per_ip("mail", attrgetter("mail_ip_limit")))],
 )
 def request_password_reset(body: PasswordResetRequest, db: DbSession, settings: SettingsDep) -> Message:
     """Always 202 with the same answer, whether or not the email has an account."""
