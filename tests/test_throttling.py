@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from auth_service.models import RateLimit, utcnow
 from auth_service.throttle import prune
@@ -22,7 +22,8 @@ from tests.conftest import PASSWORD, ROOT, TEST_SECRET, LiveServer, login, signu
 
 
 def attempt(client: TestClient, email: str, password: str) -> httpx.Response:
-    return client.post("/auth/login", data={"username": email, "password": password})
+    response: httpx.Response = client.post("/auth/login", data={"username": email, "password": password})
+    return response
 
 
 def fail(client: TestClient, email: str, times: int) -> None:
@@ -64,7 +65,7 @@ def test_delay_grows_and_is_capped(client: TestClient, db: Session) -> None:
     fail(client, "ada@example.com", 1)
     second = int(attempt(client, "ada@example.com", PASSWORD).headers["retry-after"])
     assert second > first
-    ada = RateLimit.key == "login-account:ada@example.com"
+    ada = col(RateLimit.key) == "login-account:ada@example.com"
     db.exec(update(RateLimit).where(ada).values(count=500, locked_until=None))
     db.commit()
     fail(client, "ada@example.com", 1)
