@@ -150,7 +150,7 @@ def permission_denied(detail: str = "You do not have permission to do this.") ->
 
 
 _DESCRIPTIONS = {
-    400: "Bad request (see `code`).",
+    400: "VALIDATION_ERROR: the body could not be parsed.",
     401: "Not authenticated: NOT_AUTHENTICATED, INVALID_TOKEN or TOKEN_EXPIRED.",
     403: "Forbidden: PERMISSION_DENIED, INACTIVE_USER, EMAIL_NOT_VERIFIED or SIGNUP_DISABLED.",
     404: "NOT_FOUND.",
@@ -158,8 +158,12 @@ _DESCRIPTIONS = {
     413: "PAYLOAD_TOO_LARGE.",
     422: "VALIDATION_ERROR (a list of problems) or WEAK_PASSWORD.",
     429: "RATE_LIMITED; `Retry-After` says when to try again.",
+    500: "INTERNAL_ERROR: a bug; the details are in the server log.",
     503: "SERVICE_UNAVAILABLE: the database cannot be reached.",
 }
+
+# Answers any endpoint can give; each route adds its own (401, 403, 404, 409, 429).
+COMMON_ERRORS = (400, 413, 422, 500, 503)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

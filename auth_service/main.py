@@ -14,7 +14,7 @@ from auth_service import __version__
 from auth_service.accounts import ensure_superuser
 from auth_service.config import Settings
 from auth_service.db import make_engine
-from auth_service.errors import install_error_handlers
+from auth_service.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from auth_service.logs import configure_logging
 from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
 from auth_service.outbox import start_sender_thread
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
+        responses=error_responses(*COMMON_ERRORS),
     )
     app.state.settings = settings
     app.state.engine = engine
