@@ -5,6 +5,8 @@ import secrets
 import threading
 import unicodedata
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -15,6 +17,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from auth_service.config import Settings
+from auth_service.errors import AppError, ErrorCode
 from auth_service.metrics import HASH_SECONDS
 from auth_service.models import utcnow
 
@@ -29,20 +32,44 @@ def normalize_password(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+QUEUED_PER_SLOT = 4
+
+
 @dataclass(frozen=True)
 class _Hasher:
+    """Argon2id with two bounds per process: `slots` hashes run at once (each takes
+    ARGON2_MEMORY_COST of memory), and at most `admission` requests hold a thread for one,
+    running or queued. Past that, 503 at once: a login flood cannot take every worker
+    thread and stall cheap requests such as /users/me."""
+
     hash: PasswordHash
     slots: threading.BoundedSemaphore
+    admission: threading.BoundedSemaphore
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        if not self.admission.acquire(blocking=False):
+            raise AppError(
+                503,
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "Too many logins at once; try again shortly.",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            with HASH_SECONDS.time(), self.slots:
+                yield
+        finally:
+            self.admission.release()
 
 
 @lru_cache
 def _hasher(time_cost: int, memory_cost: int, parallelism: int, concurrency: int) -> _Hasher:
     argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
-    return _Hasher(PasswordHash((argon2,)), threading.BoundedSemaphore(concurrency))
+    admission = threading.BoundedSemaphore(concurrency * (1 + QUEUED_PER_SLOT))
+    return _Hasher(PasswordHash((argon2,)), threading.BoundedSemaphore(concurrency), admission)
 
 
 def _get_hasher(settings: Settings) -> _Hasher:
-    """Argon2id as configured; the semaphore caps how many 64 MiB hashes run at once per process."""
     return _hasher(
         settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism, settings.hash_concurrency
     )
@@ -50,7 +77,7 @@ def _get_hasher(settings: Settings) -> _Hasher:
 
 def hash_password(settings: Settings, password: str) -> str:
     hasher = _get_hasher(settings)
-    with HASH_SECONDS.time(), hasher.slots:
+    with hasher.turn():
         return hasher.hash.hash(normalize_password(password))
 
 
@@ -61,7 +88,7 @@ def verify_password(settings: Settings, password: str, password_hash: str | None
     as long as for a real account.
     """
     hasher = _get_hasher(settings)
-    with HASH_SECONDS.time(), hasher.slots:
+    with hasher.turn():
         if password_hash is None:
             hasher.hash.verify_and_update(normalize_password(password), _dummy_hash(settings))
             return False, None
