@@ -136,9 +136,8 @@ def run(url: str, pid: int) -> None:
     print(f"login flood: {FLOOD_THREADS} clients for {FLOOD_SECONDS:.0f} s: {dict(statuses)}")
     print(f"  successful logins per second: {statuses[200] / FLOOD_SECONDS:.1f}")
     print(f"GET /users/me alone:        p50 {percentile(quiet, 0.5):.1f} ms, p99 {percentile(quiet, 0.99):.1f} ms")
-    print(
-        f"GET /users/me during flood: p50 {percentile(busy, 0.5):.1f} ms, p99 {percentile(busy, 0.99):.1f} ms ({len(busy)} calls)"
-    )
+    during = f"p50 {percentile(busy, 0.5):.1f} ms, p99 {percentile(busy, 0.99):.1f} ms ({len(busy)} calls)"
+    print(f"GET /users/me during flood: {during}")
     print(f"server peak memory (VmHWM): {peak_memory_mib(pid):.0f} MiB")
 
 
