@@ -152,10 +152,14 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
     user_session.last_used_at = now
     user_session.expires_at = now + timedelta(days=settings.refresh_token_expire_days)
     session.add(user_session)
-    session.commit()
+    session.flush()
+    # Read the caller inside this transaction: the winner of a race answers with what it
+    # rotated, even if a loser's reuse detection ends the session right after.
     principal = load_principal(session, user_session.user_id, user_session.id)
     if principal is None or not principal.user.is_active:
+        session.rollback()
         raise _refresh_rejected("The session of this refresh token has ended.")
+    session.commit()
     return _issue(settings, principal, new_token)
 
 
