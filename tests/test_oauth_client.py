@@ -17,7 +17,9 @@ def plain_http_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_password_and_refresh_grants_through_the_library(live_server: LiveServer) -> None:
     token_url = f"{live_server.url}/auth/login"
-    created = requests.post(f"{live_server.url}/auth/signup", json={"email": "ada@example.com", "password": PASSWORD})
+    created = requests.post(
+        f"{live_server.url}/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}, timeout=10
+    )
     assert created.status_code == 201
 
     oauth = OAuth2Session(client=LegacyApplicationClient(client_id="any-app"))
@@ -40,7 +42,7 @@ def test_password_and_refresh_grants_through_the_library(live_server: LiveServer
 
 
 def test_wrong_password_raises_invalid_grant(live_server: LiveServer) -> None:
-    requests.post(f"{live_server.url}/auth/signup", json={"email": "ada@example.com", "password": PASSWORD})
+    requests.post(f"{live_server.url}/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}, timeout=10)
     oauth = OAuth2Session(client=LegacyApplicationClient(client_id="any-app"))
     with pytest.raises(InvalidGrantError):
         oauth.fetch_token(token_url=f"{live_server.url}/auth/login", username="ada@example.com", password="wrong one")
