@@ -4,9 +4,11 @@ Every setting is listed with its default in the README. Secrets are `SecretStr` 
 they never show up in a repr, a log line or a traceback.
 """
 
+import contextlib
 import os
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -174,17 +176,16 @@ class Settings(DatabaseSettings):
 
 
 def load_or_create_dev_secret(path: Path) -> str:
-    """Create the key atomically (link fails if it exists), so racing workers agree on one."""
+    """Write a new key to a private temporary file, then hard-link it into place: the link
+    fails if the key exists, so racing workers agree on one, and none reads half a file."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)  # mode 0600
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
         finally:
-            tmp.unlink()
+            os.unlink(tmp)
     return path.read_text().strip()
