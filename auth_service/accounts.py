@@ -17,7 +17,7 @@ from auth_service.models import User, utcnow
 from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
 from auth_service.request_context import current_request
 from auth_service.roles import role_names
-from auth_service.schemas import UserPublic, normalize_email
+from auth_service.schemas import UserPublic, normalize_email, printable
 from auth_service.security import hash_password, verify_password
 from auth_service.sessions import Principal, revoke_user_sessions
 
@@ -37,7 +37,7 @@ def authenticate(session: Session, settings: Settings, username: str, password: 
         email: str | None = normalize_email(username)
     except ValueError:
         email = None
-    login_name = email or username.strip().lower()[:254]
+    login_name = email or printable(username.strip().lower(), 254)  # a throttle key and an audit detail
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     client = current_request.get()
@@ -172,14 +172,6 @@ def _flush_unique_email(session: Session) -> None:
         raise email_taken() from None
 
 
-def _commit_unique_email(session: Session) -> None:
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise email_taken() from None
-
-
 def update_user(
     session: Session, settings: Settings, user: User, changes: dict[str, Any], *, actor_id: uuid.UUID
 ) -> User:
@@ -208,7 +200,7 @@ def update_user(
         queue_verification(session, settings, user)
     fields = sorted(changes)  # names only, never values: a password is one
     audit.record(session, settings, "user.updated", actor_id=actor_id, subject_id=user.id, details={"fields": fields})
-    _commit_unique_email(session)
+    session.commit()
     session.refresh(user)
     return user
 

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from auth_service.errors import ErrorCode, error_response
 from auth_service.metrics import LATENCY, REQUESTS
 from auth_service.request_context import RequestInfo, current_request
+from auth_service.schemas import printable
 
 access_log = logging.getLogger("auth_service.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -111,7 +112,12 @@ class RequestLogMiddleware:
         offered = headers.get("x-request-id", "")
         request_id = offered if REQUEST_ID.match(offered) else uuid.uuid4().hex
         client = scope.get("client")
-        info = RequestInfo(request_id, client[0] if client else None, headers.get("user-agent"))
+        user_agent = headers.get("user-agent")
+        info = RequestInfo(
+            request_id,
+            printable(client[0], 45) if client else None,
+            printable(user_agent, 512) if user_agent else None,
+        )
         context = current_request.set(info)
         status = 500
         started = time.perf_counter()

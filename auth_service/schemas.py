@@ -1,7 +1,7 @@
 """The API's shapes: what requests may carry and what answers show (never a hash)."""
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -32,12 +32,26 @@ def normalize_email(value: str) -> str:
     return normalized.lower()
 
 
+def printable(value: str, limit: int) -> str:
+    """Raw client text made safe to store and log: no control characters, bounded length."""
+    return "".join(c for c in value if c.isprintable())[:limit]
+
+
 def _no_control_characters(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("must not contain control characters")
     return value
 
 
+def _as_utc(value: datetime) -> datetime:
+    """A time without an offset is taken as UTC; one that leaves the calendar in UTC is refused."""
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+
+
+UTCTime = Annotated[datetime, AfterValidator(_as_utc)]
 Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_email)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=255), AfterValidator(_no_control_characters)]
 SearchText = Annotated[

@@ -10,7 +10,6 @@ It sends traffic to 127.0.0.1 only, and every loop is bounded in count and time.
 """
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,18 +21,13 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import free_port, wait_until_healthy
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "benchmark password 0123"
 USERS = 20
 FLOOD_THREADS = int(os.environ.get("BENCH_THREADS", "40"))
 FLOOD_SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def peak_memory_mib(pid: int) -> float:
@@ -68,16 +62,7 @@ def main() -> None:
     command = [sys.executable, "-m", "uvicorn", "--factory", "auth_service.main:create_app", "--port", str(port)]
     server = subprocess.Popen([*command, "--no-access-log"], cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)})
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.1)
+        wait_until_healthy(url)
         run(url, server.pid)
     finally:
         server.terminate()

@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from alembic.config import Config
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from auth_service.accounts import ensure_superuser
@@ -30,9 +28,11 @@ from auth_service.config import Settings
 from auth_service.main import create_app
 from auth_service.models import Role, metadata
 from auth_service.permissions import BUILTIN_PERMISSIONS
+from tests.support import TEST_SECRET, free_port, fresh_postgres_database, service_env, wait_until_healthy
+
+__all__ = ["TEST_SECRET", "free_port", "service_env", "wait_until_healthy"]
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "correct horse battery staple"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "admin password for tests"
@@ -68,19 +68,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         command.upgrade(alembic_config(url), "head")
         yield url
         return
-    server_url = request.getfixturevalue("postgres_server_url")
-    name = f"auth_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_postgres_database(request.getfixturevalue("postgres_server_url"), "auth_test") as url:
         command.upgrade(alembic_config(url), "head")
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:

@@ -97,12 +97,24 @@ def test_filters_and_cursor(client: TestClient, admin: Account) -> None:
     page = client.get("/audit-events", params={"after": everything[1]["id"], "limit": 2}, headers=admin.headers).json()
     assert [e["id"] for e in page["data"]] == [e["id"] for e in everything[2:4]]
     assert page["count"] == len(everything) - 2
+    naive_past = "2000-01-01T00:00:00"  # no offset: taken as UTC
+    assert len(events(client, admin, since=naive_past)) == len(everything)
     future = (utcnow() + timedelta(days=1)).isoformat()
     assert events(client, admin, since=future) == []
     assert len(events(client, admin, until=future)) == len(everything)
 
 
-@pytest.mark.parametrize("params", [{"type": "not a type"}, {"after": -1}, {"user_id": "x"}, {"since": "yesterday"}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"type": "not a type"},
+        {"after": -1},
+        {"user_id": "x"},
+        {"since": "yesterday"},
+        {"since": "0001-01-01T00:00:00+14:00"},  # leaves the calendar in UTC (the fuzzer found it)
+        {"until": "9999-12-31T23:59:59-14:00"},
+    ],
+)
 def test_bad_filters_are_422(client: TestClient, admin: Account, params: dict[str, Any]) -> None:
     assert client.get("/audit-events", params=params, headers=admin.headers).status_code == 422
 

@@ -6,23 +6,14 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import ROOT, TEST_SECRET, login
+from tests.conftest import ROOT, login, service_env
 
 ADMIN_PASSWORD = "a strong admin password"
 
 
 def run(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {
-        "DATABASE_URL": database_url,
-        "ENVIRONMENT": "test",
-        "SECRET_KEY": TEST_SECRET,
-        "ARGON2_TIME_COST": "1",
-        "ARGON2_MEMORY_COST": "1024",
-        "ARGON2_PARALLELISM": "1",
-        "PATH": "/usr/bin:/bin",
-        **env,
-    }
     command = [sys.executable, "-m", "auth_service", *args]
+    environment = service_env(database_url, **env)
     return subprocess.run(
         command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
     )

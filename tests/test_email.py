@@ -3,7 +3,6 @@ through the outbox: including SMTP being down and coming back, and two senders a
 
 import email
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from sqlmodel import Session, col, select
 from auth_service.config import Settings
 from auth_service.models import OneTimeToken, OutboxMessage, utcnow
 from auth_service.outbox import deliver_due
-from tests.conftest import PASSWORD, ROOT, TEST_SECRET, login, signup
+from tests.conftest import PASSWORD, ROOT, free_port, login, service_env, signup
 
 NEW_PASSWORD = "a brand new long password"
 
@@ -42,13 +41,6 @@ class Sink:
 
     def to(self, address: str) -> list[Message]:
         return [m for m in self.messages if m["To"] == address]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class SMTPServer:
@@ -332,15 +324,7 @@ def test_in_app_sender_thread_delivers(client: TestClient, smtp: SMTPServer) -> 
 
 def test_send_mail_command(client: TestClient, smtp: SMTPServer, settings: Settings, database_url: str) -> None:
     signup(client, "ada@example.com")
-    env = {
-        "DATABASE_URL": database_url,
-        "ENVIRONMENT": "test",
-        "SECRET_KEY": TEST_SECRET,
-        "EMAIL_BACKEND": "smtp",
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp.port),
-        "PATH": "/usr/bin:/bin",
-    }
+    env = service_env(database_url, EMAIL_BACKEND="smtp", SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp.port))
     command = [sys.executable, "-m", "auth_service", "send-mail", "--once"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

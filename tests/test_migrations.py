@@ -1,6 +1,5 @@
 """The migrations build exactly the models' schema on both databases, and go down and up."""
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,10 +8,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
 
 from auth_service.models import metadata
 from tests.conftest import alembic_config
+from tests.support import fresh_postgres_database
 
 
 def test_models_and_migrations_do_not_drift(database_url: str) -> None:
@@ -29,17 +28,8 @@ def empty_database(database_url: str, tmp_path: Path, request: pytest.FixtureReq
     if database_url.startswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    server = request.getfixturevalue("postgres_server_url")
-    name = f"auth_mig_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database(request.getfixturevalue("postgres_server_url"), "auth_mig") as url:
+        yield url
 
 
 def test_upgrade_downgrade_upgrade(empty_database: str) -> None:

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from jose import jwt
 
 from auth_service.permissions import BUILTIN_PERMISSIONS
-from tests.conftest import ROOT, TEST_SECRET, Account, login, register
+from tests.conftest import ROOT, TEST_SECRET, Account, login, register, service_env
 
 
 def create_role(client: TestClient, admin: Account, name: str, permissions: list[str], **extra: Any) -> dict[str, Any]:
@@ -175,12 +175,7 @@ def test_access_token_carries_roles_and_permissions(client: TestClient, admin: A
 
 
 def test_grant_role_command(client: TestClient, user: Account, database_url: str) -> None:
-    env = {
-        "DATABASE_URL": database_url,
-        "ENVIRONMENT": "test",
-        "SECRET_KEY": TEST_SECRET,
-        "PATH": "/usr/bin:/bin",
-    }
+    env = service_env(database_url)
     command = [sys.executable, "-m", "auth_service", "grant-role", "--email", user.email.upper(), "--role", "admin"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -123,7 +123,13 @@ def test_login_records_last_login(client: TestClient, user: object) -> None:
 
 @pytest.mark.parametrize(
     ("username", "password"),
-    [("ada@example.com", "wrong password"), ("nobody@example.com", PASSWORD), ("not an email", PASSWORD)],
+    [
+        ("ada@example.com", "wrong password"),
+        ("nobody@example.com", PASSWORD),
+        ("not an email", PASSWORD),
+        ("ada@example.com\x00", PASSWORD),  # NUL: PostgreSQL refuses it in text, so it must not get that far
+        ("\x00\x01", PASSWORD),
+    ],
 )
 def test_bad_login_is_the_same_400_invalid_grant(client: TestClient, username: str, password: str) -> None:
     signup(client, "ada@example.com")

@@ -1,11 +1,8 @@
 """Brute-force throttling and rate limits, with state in the database: lockout with
 Retry-After and recovery, per-IP limits, and two server processes sharing one limit."""
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -18,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from auth_service.models import RateLimit, utcnow
 from auth_service.throttle import prune
-from tests.conftest import PASSWORD, ROOT, TEST_SECRET, LiveServer, login, signup
+from tests.conftest import PASSWORD, ROOT, LiveServer, free_port, login, service_env, signup, wait_until_healthy
 
 
 def attempt(client: TestClient, email: str, password: str) -> httpx.Response:
@@ -149,28 +146,10 @@ def test_forwarded_for_is_trusted_only_from_configured_proxies(live_server: Live
 # --- two processes, one limit ----------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def two_servers(database_url: str, client: TestClient) -> Iterator[list[str]]:
     """Two uvicorn processes on one database (the `client` fixture emptied it)."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "ENVIRONMENT": "test",
-        "SECRET_KEY": TEST_SECRET,
-        "ARGON2_TIME_COST": "1",
-        "ARGON2_MEMORY_COST": "1024",
-        "ARGON2_PARALLELISM": "1",
-        "OUTBOX_WORKER": "false",
-        "SIGNUP_IP_LIMIT": "4/hour",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = service_env(database_url, SIGNUP_IP_LIMIT="4/hour", LOG_LEVEL="WARNING")
     ports = [free_port(), free_port()]
     command = [sys.executable, "-m", "uvicorn", "--factory", "auth_service.main:create_app", "--no-access-log"]
     processes = [
@@ -178,16 +157,8 @@ def two_servers(database_url: str, client: TestClient) -> Iterator[list[str]]:
     ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        deadline = time.monotonic() + 30
         for url in urls:
-            while True:
-                try:
-                    if httpx.get(f"{url}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the servers did not start"
-                time.sleep(0.1)
+            wait_until_healthy(url)
         yield urls
     finally:
         for process in processes:

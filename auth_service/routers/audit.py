@@ -1,7 +1,6 @@
 """The audit log, for people (filters) and for programs (poll with `after`)."""
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -10,7 +9,7 @@ from auth_service import audit
 from auth_service.deps import DbSession, require_permission
 from auth_service.errors import error_responses
 from auth_service.permissions import AUDIT_READ
-from auth_service.schemas import AuditEventPublic, AuditEventsPublic, EventType
+from auth_service.schemas import AuditEventPublic, AuditEventsPublic, EventType, UTCTime
 from auth_service.sessions import Principal
 
 router = APIRouter(tags=["audit"])
@@ -27,8 +26,8 @@ def list_audit_events(
         uuid.UUID | None, Query(description="Events where this user is the actor or the subject.")
     ] = None,
     type: Annotated[EventType | None, Query(description="One event type, e.g. auth.login_failed.")] = None,
-    since: Annotated[datetime | None, Query(description="At or after this time (ISO 8601).")] = None,
-    until: Annotated[datetime | None, Query(description="Before this time (ISO 8601).")] = None,
+    since: Annotated[UTCTime | None, Query(description="At or after this time (ISO 8601; UTC if no offset).")] = None,
+    until: Annotated[UTCTime | None, Query(description="Before this time (ISO 8601; UTC if no offset).")] = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AuditEventsPublic:

@@ -1,0 +1,67 @@
+"""Small helpers shared by the tests and the benchmark (no fixtures here)."""
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def service_env(database_url: str, **settings: str) -> dict[str, str]:
+    """The environment for running the service or its CLI as a separate process in a test:
+    the test database, a test key, cheap Argon2id, no in-app mail sender."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ENVIRONMENT": "test",
+        "SECRET_KEY": TEST_SECRET,
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_MEMORY_COST": "1024",
+        "ARGON2_PARALLELISM": "1",
+        "OUTBOX_WORKER": "false",
+        **settings,
+    }
+
+
+def wait_until_healthy(url: str, timeout: float = 30) -> None:
+    """Poll GET /health until it answers 200, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not become healthy")
+        time.sleep(0.1)
+
+
+@contextmanager
+def fresh_postgres_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A uniquely named, empty database on the server, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
