@@ -80,6 +80,7 @@ class Settings(DatabaseSettings):
     argon2_memory_cost: int = Field(default=65536, ge=8)
     argon2_parallelism: int = Field(default=4, ge=1)
     hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    hash_queue_limit: int = Field(default=64, ge=1)
 
     public_url: str = "http://127.0.0.1:8000"
     verify_email_url: str = "{public_url}/verify-email?token={token}"
@@ -107,10 +108,10 @@ class Settings(DatabaseSettings):
     login_lockout_base_seconds: int = Field(default=1, ge=1)
     login_lockout_max_seconds: int = Field(default=900, ge=1)
     login_failure_reset_seconds: int = Field(default=43200, ge=1)
-    login_ip_limit: RateLimitSetting = Field(default="100/15minutes", validate_default=True)
-    signup_ip_limit: RateLimitSetting = Field(default="50/hour", validate_default=True)
+    login_ip_limit: RateLimitSetting = Field(default="1000/15minutes", validate_default=True)
+    signup_ip_limit: RateLimitSetting = Field(default="1000/hour", validate_default=True)
     mail_email_limit: RateLimitSetting = Field(default="5/hour", validate_default=True)
-    mail_ip_limit: RateLimitSetting = Field(default="50/hour", validate_default=True)
+    mail_ip_limit: RateLimitSetting = Field(default="200/hour", validate_default=True)
     introspect_ip_limit: RateLimitSetting = Field(default="6000/minute", validate_default=True)
 
     first_superuser_email: str | None = None

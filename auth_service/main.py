@@ -4,6 +4,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Room for HASH_QUEUE_LIMIT logins waiting on a hash, and 40 threads for the rest.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue_limit + 40
         create_first_superuser(settings, app)
         stop_sender = start_sender_thread(engine, settings) if settings.outbox_worker else None
         yield

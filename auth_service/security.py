@@ -32,15 +32,12 @@ def normalize_password(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
-QUEUED_PER_SLOT = 4
-
-
 @dataclass(frozen=True)
 class _Hasher:
     """Argon2id with two bounds per process: `slots` hashes run at once (each takes
-    ARGON2_MEMORY_COST of memory), and at most `admission` requests hold a thread for one,
-    running or queued. Past that, 503 at once: a login flood cannot take every worker
-    thread and stall cheap requests such as /users/me."""
+    ARGON2_MEMORY_COST of memory), and at most `admission` requests (HASH_QUEUE_LIMIT) hold
+    a thread for one, running or waiting. Past that, 503 at once: a login flood cannot
+    take every worker thread and stall cheap requests such as /users/me."""
 
     hash: PasswordHash
     slots: threading.BoundedSemaphore
@@ -49,12 +46,8 @@ class _Hasher:
     @contextmanager
     def turn(self) -> Iterator[None]:
         if not self.admission.acquire(blocking=False):
-            raise AppError(
-                503,
-                ErrorCode.SERVICE_UNAVAILABLE,
-                "Too many logins at once; try again shortly.",
-                headers={"Retry-After": "1"},
-            )
+            detail = "Too many logins at once; try again shortly."
+            raise AppError(503, ErrorCode.SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "1"})
         try:
             with HASH_SECONDS.time(), self.slots:
                 yield
@@ -63,15 +56,19 @@ class _Hasher:
 
 
 @lru_cache
-def _hasher(time_cost: int, memory_cost: int, parallelism: int, concurrency: int) -> _Hasher:
+def _hasher(time_cost: int, memory_cost: int, parallelism: int, concurrency: int, queue_limit: int) -> _Hasher:
     argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
-    admission = threading.BoundedSemaphore(concurrency * (1 + QUEUED_PER_SLOT))
+    admission = threading.BoundedSemaphore(max(concurrency, queue_limit))
     return _Hasher(PasswordHash((argon2,)), threading.BoundedSemaphore(concurrency), admission)
 
 
 def _get_hasher(settings: Settings) -> _Hasher:
     return _hasher(
-        settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism, settings.hash_concurrency
+        settings.argon2_time_cost,
+        settings.argon2_memory_cost,
+        settings.argon2_parallelism,
+        settings.hash_concurrency,
+        settings.hash_queue_limit,
     )
 
 

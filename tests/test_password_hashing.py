@@ -9,13 +9,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auth_service.config import Settings
-from auth_service.security import QUEUED_PER_SLOT, _get_hasher, hash_password, verify_password
+from auth_service.security import _get_hasher, hash_password, verify_password
 from tests.conftest import PASSWORD, Account
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"hash_concurrency": 2}
+    return {"hash_concurrency": 2, "hash_queue_limit": 6}
 
 
 def test_at_most_hash_concurrency_hashes_run_at_once(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +47,7 @@ def test_past_the_queue_logins_get_503_and_cheap_requests_flow(
     client: TestClient, user: Account, settings: Settings
 ) -> None:
     admission = _get_hasher(settings).admission
-    held = 2 * (1 + QUEUED_PER_SLOT)
+    held = 6
     for _ in range(held):
         assert admission.acquire(blocking=False)
     try:
