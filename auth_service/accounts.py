@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 
 from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
+from auth_service.db import release_connection
 from auth_service.email_flows import queue_verification
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
 from auth_service.metrics import LOGINS
@@ -49,6 +50,7 @@ def authenticate(session: Session, settings: Settings, username: str, password: 
         LOGINS.labels("throttled").inc()
         raise throttle.rate_limited(wait, "Too many failed logins")
     user = find_user_by_email(session, email) if email else None
+    release_connection(session)
     ok, new_hash = verify_password(settings, password, user.hashed_password if user else None)
     if not ok or user is None:
         _login_failed(session, settings, user, login_name, "invalid_credentials")
@@ -139,6 +141,7 @@ def create_user(
     check_password(settings, password, email)
     if find_user_by_email(session, email) is not None:
         raise email_taken()
+    release_connection(session)
     user = User(
         email=email,
         hashed_password=hash_password(settings, password),
@@ -178,14 +181,16 @@ def update_user(
     """Apply already-validated changes. A new email must be verified again (a mail goes to
     it); a new password or a deactivation ends the user's sessions."""
     new_email = "email" in changes and changes["email"] != user.email
+    if new_email and find_user_by_email(session, changes["email"]) is not None:
+        raise email_taken()
+    if "password" in changes:
+        check_password(settings, changes["password"], changes.get("email", user.email))
+        release_connection(session)
+        user.hashed_password = hash_password(settings, changes["password"])
     if new_email:
-        if find_user_by_email(session, changes["email"]) is not None:
-            raise email_taken()
         user.email = changes["email"]
         user.is_verified = False
     if "password" in changes:
-        check_password(settings, changes["password"], user.email)
-        user.hashed_password = hash_password(settings, changes["password"])
         one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
         revoke_user_sessions(session, user.id, reason="password_changed")
     for field in ("full_name", "is_active", "is_superuser", "is_verified"):
@@ -209,10 +214,11 @@ def change_password(
     session: Session, settings: Settings, user: User, current: str, new: str, *, keep_session: uuid.UUID
 ) -> None:
     """Check the current password, set the new one, and end every other session."""
+    check_password(settings, new, user.email)
+    release_connection(session)
     ok, _ = verify_password(settings, current, user.hashed_password)
     if not ok:
         raise invalid_current_password()
-    check_password(settings, new, user.email)
     user.hashed_password = hash_password(settings, new)
     user.updated_at = utcnow()
     session.add(user)
@@ -223,6 +229,7 @@ def change_password(
 
 
 def delete_own_account(session: Session, settings: Settings, user: User, password: str) -> None:
+    release_connection(session)
     ok, _ = verify_password(settings, password, user.hashed_password)
     if not ok:
         raise invalid_current_password()

@@ -1,16 +1,15 @@
 """The engine, the per-request session, and the readiness probe."""
 
-from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
     """PostgreSQL as is; SQLite tuned so concurrent requests wait instead of failing.
 
     WAL lets readers run beside the one writer, and the busy timeout makes a second writer
@@ -19,9 +18,18 @@ def make_engine(database_url: str) -> Engine:
     snapshot (which SQLite would refuse at once).
     """
     if not database_url.startswith("sqlite"):
-        return create_engine(database_url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        return create_engine(
+            database_url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            connect_args={"connect_timeout": 5},
+        )
+    in_memory = make_url(database_url).database in (None, "", ":memory:")
     engine = create_engine(
-        database_url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        database_url,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        **({} if in_memory else {"pool_size": pool_size, "max_overflow": max_overflow}),
     )
 
     @event.listens_for(engine, "connect")
@@ -36,9 +44,15 @@ def make_engine(database_url: str) -> Engine:
     return engine
 
 
-def session_scope(engine: Engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        yield session
+def new_session(engine: Engine) -> Session:
+    """Objects stay readable after commit: a request commits, then answers from them."""
+    return Session(engine, expire_on_commit=False)
+
+
+def release_connection(session: Session) -> None:
+    """End the session's transaction so its pooled connection goes back before slow work
+    (an Argon2id hash): requests waiting for a hash must not hold connections or locks."""
+    session.commit()
 
 
 def database_is_ready(engine: Engine) -> bool:

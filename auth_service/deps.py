@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from auth_service import throttle
 from auth_service.config import Limit, Settings
+from auth_service.db import new_session
 from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode, permission_denied
 from auth_service.models import User
 from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
@@ -26,7 +27,7 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    with Session(request.app.state.engine) as session:
+    with new_session(request.app.state.engine) as session:
         yield session
 
 

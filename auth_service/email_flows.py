@@ -8,6 +8,7 @@ from sqlmodel import Session, col, select
 
 from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
+from auth_service.db import release_connection
 from auth_service.emails import password_reset_mail, queue_mail, verification_mail
 from auth_service.models import OutboxMessage, User, utcnow
 from auth_service.password_policy import check_password
@@ -66,9 +67,11 @@ def handle_reset_request(engine: Engine, settings: Settings, payload: dict[str, 
 
 def reset_password(session: Session, settings: Settings, token: str, new_password: str) -> None:
     """Set the new password, end every session, and mark the email verified (the link proved it)."""
-    user = one_time_tokens.consume(session, token, one_time_tokens.PASSWORD_RESET)
+    row, user = one_time_tokens.check(session, token, one_time_tokens.PASSWORD_RESET)
     check_password(settings, new_password, user.email)
+    release_connection(session)  # no lock or connection held while hashing
     user.hashed_password = hash_password(settings, new_password)
+    one_time_tokens.spend(session, row)
     user.is_verified = True
     user.updated_at = utcnow()
     session.add(user)

@@ -43,8 +43,11 @@ def issue(session: Session, user: User, purpose: str, lifetime: timedelta) -> st
     return token
 
 
-def consume(session: Session, token: str, purpose: str) -> User:
-    """Spend the token and return its user, or raise 400 INVALID_TOKEN / TOKEN_EXPIRED (no commit).
+INVALID = "This link is invalid or has already been used."
+
+
+def check(session: Session, token: str, purpose: str) -> tuple[OneTimeToken, User]:
+    """The live token and its user, without spending it; else 400 INVALID_TOKEN / TOKEN_EXPIRED.
 
     A token is bound to the email it was sent to: after an email change it is void.
     """
@@ -53,21 +56,28 @@ def consume(session: Session, token: str, purpose: str) -> User:
         .join(User, col(User.id) == col(OneTimeToken.user_id))
         .where(col(OneTimeToken.token_hash) == token_digest(token), col(OneTimeToken.purpose) == purpose)
     ).first()
-    invalid = AppError(400, ErrorCode.INVALID_TOKEN, "This link is invalid or has already been used.")
-    if found is None:
-        raise invalid
-    row, user = found
-    if row.used_at is not None or row.email != user.email:
-        raise invalid
-    if row.expires_at <= utcnow():
+    if found is None or found[0].used_at is not None or found[0].email != found[1].email:
+        raise AppError(400, ErrorCode.INVALID_TOKEN, INVALID)
+    if found[0].expires_at <= utcnow():
         raise AppError(400, ErrorCode.TOKEN_EXPIRED, "This link has expired; ask for a new one.")
+    return found
+
+
+def spend(session: Session, row: OneTimeToken) -> None:
+    """Mark a checked token used (no commit); of two concurrent spends exactly one succeeds."""
     spent = session.exec(
         update(OneTimeToken)
         .where(col(OneTimeToken.id) == row.id, col(OneTimeToken.used_at).is_(None))
         .values(used_at=utcnow())
     ).rowcount
-    if spent != 1:  # spent concurrently
-        raise invalid
+    if spent != 1:
+        raise AppError(400, ErrorCode.INVALID_TOKEN, INVALID)
+
+
+def consume(session: Session, token: str, purpose: str) -> User:
+    """Check and spend in one go (no commit)."""
+    row, user = check(session, token, purpose)
+    spend(session, row)
     return user
 
 
