@@ -38,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Room for HASH_QUEUE_LIMIT logins waiting on a hash, and 40 threads for the rest.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue_limit + 40
+        if settings.environment == "production" and settings.email_backend == "console":
+            logger.warning("EMAIL_BACKEND=console in production: mails, with their live links, go to the log")
         create_first_superuser(settings, app)
         stop_sender = start_sender_thread(engine, settings) if settings.outbox_worker else None
         yield

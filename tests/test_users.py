@@ -1,7 +1,10 @@
 """/users/me for everyone, /users for those with the permissions."""
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from tests.conftest import PASSWORD, Account, login, register, signup
 
@@ -108,3 +111,18 @@ def test_admins_cannot_lock_themselves_out(client: TestClient, admin: Account) -
         assert response.status_code == 409 and response.json()["code"] == "CONFLICT"
     assert client.delete(f"/users/{admin.id}", headers=admin.headers).json()["code"] == "CONFLICT"
     assert client.get("/users/me", headers=admin.headers).json()["is_superuser"] is True
+
+
+def test_an_authenticated_request_is_one_database_round_trip(client: TestClient, user: Account, app: Any) -> None:
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("PRAGMA", "BEGIN", "COMMIT", "ROLLBACK")):
+            statements.append(statement)
+
+    event.listen(app.state.engine, "before_cursor_execute", count)
+    try:
+        assert client.get("/users/me", headers=user.headers).status_code == 200
+    finally:
+        event.remove(app.state.engine, "before_cursor_execute", count)
+    assert len(statements) == 1, statements  # user, session liveness and roles in one query
