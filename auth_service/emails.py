@@ -61,6 +61,17 @@ def password_reset_mail(settings: Settings, to: str, token: str) -> Mail:
     return _render(to, "Reset your password", intro, link, token, validity)
 
 
+def email_changed_mail(old: str, new: str) -> Mail:
+    """To the old address: if this was not its owner, they learn at once (no link, no token)."""
+    text = (
+        f"The email address of your account was changed to {new}.\n\n"
+        "If you did not do this, contact your administrator right away: someone else may be "
+        "using your account.\n"
+    )
+    body = f"<p>{html.escape(text.splitlines()[0])}</p><p>{html.escape(text.splitlines()[2])}</p>"
+    return Mail(to=old, subject="Your email address was changed", text=text, html=body)
+
+
 def queue_mail(session: Session, mail: Mail) -> None:
     """Add the mail to the outbox; it goes out only if the caller's transaction commits."""
     session.add(OutboxMessage(kind=MAIL, payload=asdict(mail)))

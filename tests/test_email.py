@@ -163,6 +163,8 @@ def test_email_change_needs_verifying_again(client: TestClient, app: FastAPI, sm
     assert changed.status_code == 200 and changed.json()["is_verified"] is False
     drain(app)
     [message] = smtp.sink.to("ada.new@example.com")
+    [notice] = [m for m in smtp.sink.to("ada@example.com") if m["Subject"] == "Your email address was changed"]
+    assert "ada.new@example.com" in text_of(notice) and "token=" not in text_of(notice)
     assert client.post("/auth/verify-email", json={"token": old_token}).status_code == 400
     verified = client.post("/auth/verify-email", json={"token": token_in(message)})
     assert verified.status_code == 200 and verified.json()["email"] == "ada.new@example.com"
