@@ -52,8 +52,11 @@ def record(
 
     Call it last before commit. On PostgreSQL it takes a transaction-scoped advisory lock
     first, so ids are assigned in commit order and a poller reading `after=<id>` never
-    skips a row committed late; SQLite has one writer, so it is ordered already.
+    skips a row committed late; SQLite has one writer, so it is ordered already. Pending
+    changes are flushed before the lock, so every transaction takes its row locks first
+    and the advisory lock last, and after it only inserts: no lock-order deadlock.
     """
+    session.flush()
     if session.get_bind().dialect.name == "postgresql":
         session.connection().execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
     info = current_request.get()
