@@ -2,9 +2,10 @@
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlmodel import Session
 
@@ -85,6 +86,26 @@ def limit_per_ip(name: str, limit_of: Callable[[Settings], Limit | None]) -> Cal
         throttle.enforce(request.app.state.engine, f"{name}-ip:{ip}", limit_of(settings))
 
     return check
+
+
+MAX_OFFSET = 2**31 - 1  # past it PostgreSQL's bigint, or SQLite's integer, would overflow
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int
+    limit: int
+
+
+def page(
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page:
+    """The list parameters every listing takes: `offset`, and `limit` (default 50, max 200)."""
+    return Page(offset, limit)
+
+
+PageDep = Annotated[Page, Depends(page)]
 
 
 def require_role(*roles: str) -> Callable[[Principal], Principal]:

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from auth_service import audit
-from auth_service.deps import DbSession, require_permission
+from auth_service.deps import DbSession, PageDep, require_permission
 from auth_service.errors import error_responses
 from auth_service.permissions import AUDIT_READ
 from auth_service.schemas import AuditEventPublic, AuditEventsPublic, EventType, UTCTime
@@ -19,8 +19,9 @@ router = APIRouter(tags=["audit"])
 def list_audit_events(
     _: Annotated[Principal, Depends(require_permission(AUDIT_READ))],
     db: DbSession,
+    page: PageDep,
     after: Annotated[
-        int | None, Query(ge=0, description="Only events with a larger id: poll with the last id seen.")
+        int | None, Query(ge=0, le=2**63 - 1, description="Only events with a larger id: poll with the last id seen.")
     ] = None,
     user_id: Annotated[
         uuid.UUID | None, Query(description="Events where this user is the actor or the subject.")
@@ -28,11 +29,9 @@ def list_audit_events(
     type: Annotated[EventType | None, Query(description="One event type, e.g. auth.login_failed.")] = None,
     since: Annotated[UTCTime | None, Query(description="At or after this time (ISO 8601; UTC if no offset).")] = None,
     until: Annotated[UTCTime | None, Query(description="Before this time (ISO 8601; UTC if no offset).")] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AuditEventsPublic:
     """Oldest first, by id. Ids grow in commit order, so `after=<last id>` never skips or repeats."""
     events, count = audit.list_events(
-        db, offset=offset, limit=limit, after=after, user_id=user_id, type=type, since=since, until=until
+        db, offset=page.offset, limit=page.limit, after=after, user_id=user_id, type=type, since=since, until=until
     )
     return AuditEventsPublic(data=[AuditEventPublic.model_validate(e) for e in events], count=count)

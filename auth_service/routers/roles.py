@@ -3,10 +3,10 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, status
 
 from auth_service import accounts, roles
-from auth_service.deps import DbSession, SettingsDep, require_permission
+from auth_service.deps import DbSession, PageDep, SettingsDep, require_permission
 from auth_service.errors import error_responses
 from auth_service.permissions import ROLES_ASSIGN, ROLES_READ, ROLES_WRITE
 from auth_service.schemas import RoleCreate, RoleName, RolePublic, RolesPublic, RoleUpdate, UserPublic
@@ -23,10 +23,9 @@ CanAssign = Annotated[Principal, Depends(require_permission(ROLES_ASSIGN))]
 def list_roles(
     _: CanRead,
     db: DbSession,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageDep,
 ) -> RolesPublic:
-    found, count = roles.list_roles(db, offset=offset, limit=limit)
+    found, count = roles.list_roles(db, offset=page.offset, limit=page.limit)
     return RolesPublic(data=[RolePublic.model_validate(r) for r in found], count=count)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from auth_service import accounts
-from auth_service.deps import CurrentPrincipal, CurrentUser, DbSession, SettingsDep, require_permission
+from auth_service.deps import CurrentPrincipal, CurrentUser, DbSession, PageDep, SettingsDep, require_permission
 from auth_service.errors import error_responses, permission_denied
 from auth_service.permissions import USERS_DELETE, USERS_READ, USERS_WRITE
 from auth_service.schemas import (
@@ -55,12 +55,11 @@ def delete_me(body: PasswordConfirm, user: CurrentUser, db: DbSession, settings:
 def list_users(
     _: Annotated[Principal, Depends(require_permission(USERS_READ))],
     db: DbSession,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageDep,
     q: Annotated[SearchText | None, Query(description="Part of an email or name, any case.")] = None,
     is_active: bool | None = None,
 ) -> UsersPublic:
-    users, count = accounts.list_users(db, offset=offset, limit=limit, q=q, is_active=is_active)
+    users, count = accounts.list_users(db, offset=page.offset, limit=page.limit, q=q, is_active=is_active)
     return UsersPublic(data=accounts.public_users(db, users), count=count)
 
 
