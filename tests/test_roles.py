@@ -2,13 +2,19 @@
 
 import subprocess
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from fastapi import Depends
 from fastapi.testclient import TestClient
 from jose import jwt
+from sqlmodel import Session
 
+from auth_service.accounts import ensure_superuser
+from auth_service.deps import require_role
+from auth_service.main import create_app
 from auth_service.permissions import BUILTIN_PERMISSIONS
+from auth_service.sessions import Principal
 from tests.conftest import ROOT, TEST_SECRET, Account, login, register, service_env
 
 
@@ -182,3 +188,25 @@ def test_grant_role_command(client: TestClient, user: Account, database_url: str
     assert client.get("/users", headers=user.headers).status_code == 200
     missing = subprocess.run([*command[:-1], "nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "no role" in missing.stderr
+
+
+def test_require_role_dependency(settings: Any, database_url: str) -> None:
+    """For routes that check a role by name rather than a permission."""
+    app = create_app(settings)
+
+    @app.get("/support-desk")
+    def support_desk(principal: Annotated[Principal, Depends(require_role("support"))]) -> dict[str, str]:
+        return {"hello": principal.user.email}
+
+    with TestClient(app) as client:
+        ada = register(client, "ada@example.com")
+        assert client.get("/support-desk", headers=ada.headers).json()["code"] == "PERMISSION_DENIED"
+        assert client.get("/support-desk").status_code == 401
+        with Session(app.state.engine) as session:
+            ensure_superuser(session, settings, "root@example.com", "root password for tests")
+        root = login(client, "root@example.com", "root password for tests")
+        root_headers = {"Authorization": f"Bearer {root['access_token']}"}
+        assert client.get("/support-desk", headers=root_headers).status_code == 200  # superusers pass
+        client.post("/roles", json={"name": "support"}, headers=root_headers)
+        client.post(f"/users/{ada.id}/roles/support", headers=root_headers)
+        assert client.get("/support-desk", headers=ada.headers).json() == {"hello": "ada@example.com"}
