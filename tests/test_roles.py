@@ -12,7 +12,6 @@ from sqlmodel import Session
 
 from auth_service.accounts import ensure_superuser
 from auth_service.deps import require_role
-from auth_service.main import create_app
 from auth_service.permissions import BUILTIN_PERMISSIONS
 from auth_service.sessions import Principal
 from tests.conftest import ROOT, TEST_SECRET, Account, login, register, service_env
@@ -190,9 +189,8 @@ def test_grant_role_command(client: TestClient, user: Account, database_url: str
     assert missing.returncode != 0 and "no role" in missing.stderr
 
 
-def test_require_role_dependency(settings: Any, database_url: str) -> None:
+def test_require_role_dependency(app: Any, settings: Any) -> None:
     """For routes that check a role by name rather than a permission."""
-    app = create_app(settings)
 
     @app.get("/support-desk")
     def support_desk(principal: Annotated[Principal, Depends(require_role("support"))]) -> dict[str, str]:
