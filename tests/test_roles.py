@@ -5,12 +5,13 @@ import sys
 from typing import Annotated, Any
 
 import pytest
-from fastapi import Depends
+from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from jose import jwt
 from sqlmodel import Session
 
 from auth_service.accounts import ensure_superuser
+from auth_service.config import Settings
 from auth_service.deps import require_role
 from auth_service.permissions import BUILTIN_PERMISSIONS
 from auth_service.sessions import Principal
@@ -189,7 +190,7 @@ def test_grant_role_command(client: TestClient, user: Account, database_url: str
     assert missing.returncode != 0 and "no role" in missing.stderr
 
 
-def test_require_role_dependency(app: Any, settings: Any) -> None:
+def test_require_role_dependency(app: FastAPI, settings: Settings) -> None:
     """For routes that check a role by name rather than a permission."""
 
     @app.get("/support-desk")
