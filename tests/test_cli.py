@@ -1,51 +1,186 @@
-"""`python -m auth_service create-admin` and `prune`, run as an operator would."""
+"""`python -m auth_service create-admin` and `prune`, run as an operator would.
 
+Each command is a real subprocess (a second of imports), so independent commands run
+side by side to keep the file fast.
+"""
+
+import re
 import subprocess
 import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+from alembic import command
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlmodel import Session, select
 
-from tests.conftest import ROOT, login, service_env
+from auth_service import cli
+from auth_service.accounts import create_user
+from auth_service.models import User, UserSession, utcnow
+from tests.conftest import PASSWORD, ROOT, TEST_SECRET, alembic_config, login, make_settings, service_env, signup
 
 ADMIN_PASSWORD = "a strong admin password"
+Result = subprocess.CompletedProcess[str]
 
 
-def run(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "auth_service", *args]
-    environment = service_env(database_url, **env)
+def run(database_url: str, *args: str, **env: str) -> Result:
+    """`python -m auth_service ARGS` with DATABASE_URL, ENVIRONMENT=test, the test key, cheap Argon2id."""
+    environment = service_env(database_url)
+    assert environment["SECRET_KEY"] == TEST_SECRET and environment["ENVIRONMENT"] == "test"
+    environment.pop("ADMIN_PASSWORD", None)  # only when a test passes it
+    environment.update(env)
     return subprocess.run(
-        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "auth_service", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
 
 
-def test_create_admin_then_log_in(client: TestClient, database_url: str) -> None:
-    result = run(database_url, "create-admin", "--email", "Root@Example.com", "--password", ADMIN_PASSWORD)
+def run_together(*calls: tuple[Any, ...]) -> list[Result]:
+    """Several `run(...)` calls at once; each call is (database_url, *args) or (database_url, *args, env)."""
+
+    def one(call: tuple[Any, ...]) -> Result:
+        if isinstance(call[-1], dict):
+            return run(*call[:-1], **call[-1])
+        return run(*call)
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+def me(client: TestClient, email: str, password: str) -> dict[str, Any]:
+    tokens = login(client, email, password)
+    response = client.get("/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_create_admin_then_log_in(
+    client: TestClient,
+    database_url: str,
+    db: Session,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    by_flag, by_env = run_together(
+        (database_url, "create-admin", "--email", "Root@Example.com", "--password", ADMIN_PASSWORD),
+        (database_url, "create-admin", "--email", "ops@example.com", {"ADMIN_PASSWORD": ADMIN_PASSWORD}),
+    )
+    for result in (by_flag, by_env):
+        assert result.returncode == 0, result.stderr
+        assert "created" in result.stdout
+        assert ADMIN_PASSWORD not in result.stdout + result.stderr
+    root = me(client, "root@example.com", ADMIN_PASSWORD)
+    assert root["email"] == "root@example.com"
+    assert root["is_superuser"] is True and root["is_verified"] is True and root["is_active"] is True
+    assert me(client, "ops@example.com", ADMIN_PASSWORD)["is_superuser"] is True
+    admin_token = login(client, "root@example.com", ADMIN_PASSWORD)["access_token"]
+    listing = client.get("/users", headers={"Authorization": f"Bearer {admin_token}"})  # an admin endpoint
+    assert listing.status_code == 200 and listing.json()["count"] == 2
+
+    # running it again keeps the superuser (in-process: the same main() as `python -m auth_service`)
+    for name, value in service_env(database_url).items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["create-admin", "--email", "root@example.com", "--password", ADMIN_PASSWORD]) == 0
+    assert "root@example.com" in capsys.readouterr().out
+    assert me(client, "root@example.com", ADMIN_PASSWORD)["is_superuser"] is True
+    db.expire_all()
+    assert len(db.exec(select(User)).all()) == 2  # nobody was duplicated
+
+
+def test_prune(client: TestClient, database_url: str, db: Session) -> None:
+    user = signup(client, "ada@example.com")
+    login(client, "ada@example.com")  # a live session, to be kept
+    long_ago = utcnow() - timedelta(days=90)
+    old = UserSession(user_id=uuid.UUID(user["id"]), created_at=long_ago, last_used_at=long_ago, expires_at=long_ago)
+    db.add(old)
+    db.commit()
+    old_id = old.id
+
+    pruned = run(database_url, "prune")
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith("pruned ")
+    counts = {what: int(n) for n, what in re.findall(r"(\d+) ([a-z -]+?)(?:,|$)", pruned.stdout.strip())}
+    assert counts["sessions"] == 1, pruned.stdout
+    db.expire_all()
+    left = db.exec(select(UserSession)).all()
+    assert len(left) == 1 and left[0].id != old_id and left[0].expires_at > utcnow()  # the live one is kept
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The commands that need no shared test database, run at once (a subprocess costs a second):
+    refusals, which must stop before even creating their database file; a good command against
+    a database nobody migrated; and the promotion of an ordinary account (SQLite, migrated here)."""
+    directory = tmp_path_factory.mktemp("cli")
+    untouched = f"sqlite:///{directory / 'untouched.db'}"
+    promoted = f"sqlite:///{directory / 'promoted.db'}"
+    command.upgrade(alembic_config(promoted), "head")
+    engine = create_engine(promoted)
+    with Session(engine) as session:
+        alice = create_user(session, make_settings(promoted), email="alice@example.com", password=PASSWORD)
+        alice_hash = alice.hashed_password
+    calls = {
+        "weak": (untouched, "create-admin", "--email", "ops@example.com", "--password", "password"),
+        "no_password": (untouched, "create-admin", "--email", "ops@example.com"),
+        "bad_email": (untouched, "create-admin", "--email", "nope", "--password", ADMIN_PASSWORD),
+        "unmigrated": (f"sqlite:///{directory / 'unmigrated.db'}", "create-admin", "--email", "ops@example.com",
+                       "--password", ADMIN_PASSWORD),
+        "promote": (promoted, "create-admin", "--email", "ALICE@example.com", "--password", ADMIN_PASSWORD),
+    }  # fmt: skip
+    results: dict[str, Any] = dict(zip(calls, run_together(*calls.values()), strict=True))
+    results["untouched"] = not Path(untouched.removeprefix("sqlite:///")).exists()
+    with Session(engine) as session:
+        after = session.exec(select(User)).all()
+        results["promoted_users"] = [(u.email, u.is_superuser, u.hashed_password == alice_hash) for u in after]
+    engine.dispose()
+    return results
+
+
+def test_create_admin_promotes_an_existing_account(side_by_side: dict[str, Any]) -> None:
+    """The account becomes a superuser, keeps its own password, and is not duplicated."""
+    assert side_by_side["promoted_users"] == [("alice@example.com", True, True)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: create-admin for an existing non-superuser promotes it, then crashes printing the result "
+    "(DetachedInstanceError: user.email read after its session closed): exit 1 with a traceback",
+)
+def test_create_admin_promoting_reports_success(side_by_side: dict[str, Any]) -> None:
+    result = side_by_side["promote"]
     assert result.returncode == 0, result.stderr
-    assert "created" in result.stdout and ADMIN_PASSWORD not in result.stdout + result.stderr
-    tokens = login(client, "root@example.com", ADMIN_PASSWORD)
-    me = client.get("/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}).json()
-    assert me["is_superuser"] is True and me["is_verified"] is True
-    again = run(database_url, "create-admin", "--email", "root@example.com", "--password", ADMIN_PASSWORD)
-    assert again.returncode == 0
+    assert "made superuser" in result.stdout and "Traceback" not in result.stderr
 
 
-def test_create_admin_password_from_the_environment(client: TestClient, database_url: str) -> None:
-    result = run(database_url, "create-admin", "--email", "ops@example.com", ADMIN_PASSWORD=ADMIN_PASSWORD)
-    assert result.returncode == 0, result.stderr
-    login(client, "ops@example.com", ADMIN_PASSWORD)
-
-
-def test_create_admin_refuses_weak_passwords_and_missing_input(client: TestClient, database_url: str) -> None:
-    weak = run(database_url, "create-admin", "--email", "ops@example.com", "--password", "password")
+def test_create_admin_refuses_weak_passwords_and_missing_input(side_by_side: dict[str, Any]) -> None:
+    weak, no_password, bad_email = side_by_side["weak"], side_by_side["no_password"], side_by_side["bad_email"]
     assert weak.returncode != 0 and "too common" in weak.stderr
-    no_password = run(database_url, "create-admin", "--email", "ops@example.com")
     assert no_password.returncode != 0 and "password" in no_password.stderr
-    bad_email = run(database_url, "create-admin", "--email", "nope", "--password", ADMIN_PASSWORD)
     assert bad_email.returncode != 0 and "error" in bad_email.stderr
+    for result in (weak, no_password, bad_email):
+        assert "Traceback" not in result.stderr, result.stderr
+    assert side_by_side["untouched"]  # refused before touching the database
 
 
-def test_prune(client: TestClient, database_url: str) -> None:
-    result: Any = run(database_url, "prune")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("pruned ") and "sessions" in result.stdout
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: create-admin on an unmigrated database dies with a SQLAlchemy traceback and SQL "
+    "instead of a one-line hint to run the migrations",
+)
+def test_create_admin_before_migrating_says_so(side_by_side: dict[str, Any]) -> None:
+    result = side_by_side["unmigrated"]
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "SELECT" not in result.stderr, result.stderr
+    assert "migrat" in result.stderr.lower()
