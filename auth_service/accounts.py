@@ -8,87 +8,67 @@ from sqlalchemy import Engine, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from auth_service import audit, one_time_tokens, throttle
+from auth_service import audit, credentials, one_time_tokens, throttle
 from auth_service.config import Settings
-from auth_service.db import release_connection
-from auth_service.email_flows import queue_verification
+from auth_service.credentials import PasswordCheck, invalid_current_password
+from auth_service.db import release_connection, unicode_lower
+from auth_service.email_flows import mail_budget, queue_verification
 from auth_service.emails import email_changed_mail, queue_mail
-from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
-from auth_service.metrics import LOGINS
+from auth_service.errors import AppError, ErrorCode, email_not_verified, not_found, permission_denied
+from auth_service.locks import lock_active_superusers, lock_user
 from auth_service.models import User, utcnow
 from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
-from auth_service.request_context import current_request
-from auth_service.roles import role_names
-from auth_service.schemas import UserPublic, normalize_email, printable
-from auth_service.security import hash_password, verify_password
-from auth_service.sessions import Principal, revoke_user_sessions
+from auth_service.roles import granted_permissions, role_names
+from auth_service.schemas import UserPublic, normalize_email
+from auth_service.security import hash_password
+from auth_service.sessions import Principal, find_account, revoke_user_sessions
 
 logger = logging.getLogger(__name__)
 
 
-def authenticate(session: Session, settings: Settings, username: str, password: str) -> User:
-    """The user with this email and password, or INVALID_CREDENTIALS (400, invalid_grant).
+def authenticate(
+    session: Session, settings: Settings, username: str, password: str
+) -> tuple[PasswordCheck, tuple[User, list[str], frozenset[str]]]:
+    """The password check of a login, and the account with its roles; else
+    INVALID_CREDENTIALS (400, invalid_grant), or 429 while the name is locked.
 
     An unknown or malformed email still costs one hash verification, so the time of the
-    answer does not tell which emails have accounts. Upgrades an outdated hash.
-
-    Throttled first (429, no hash spent): an account locked after repeated failures, or a
-    client IP with too many failures across accounts. Unknown emails lock the same way.
+    answer does not tell which emails have accounts; unknown names lock the same way.
     """
     try:
         email: str | None = normalize_email(username)
     except ValueError:
         email = None
-    login_name = email or printable(username.strip().lower(), 254)  # a throttle key and an audit detail
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
-    client = current_request.get()
-    ip = client.client_ip if client else None
-    wait = throttle.login_locked_for(engine, login_name)
-    if wait is None and ip:
-        wait = throttle.exceeded(engine, throttle.ip_key(ip), settings.login_ip_limit)
-    if wait is not None:
-        LOGINS.labels("throttled").inc()
-        raise throttle.rate_limited(wait, "Too many failed logins")
-    user = find_user_by_email(session, email) if email else None
-    release_connection(session)
-    ok, new_hash = verify_password(settings, password, user.hashed_password if user else None)
-    if not ok or user is None:
-        _login_failed(session, settings, user, login_name, "invalid_credentials")
-        throttle.note_login_failure(engine, settings, login_name, ip)
-        raise AppError(400, ErrorCode.INVALID_CREDENTIALS, "Incorrect email or password.", oauth_error="invalid_grant")
-    throttle.clear_login_failures(engine, login_name)
+    # The throttle key: a malformed name may be a password typed in the wrong field.
+    login_name = email or f"name:{credentials.name_digest(settings, username)}"
+    account = find_account(session, email) if email else None
+    user = account[0] if account else None
+    check = credentials.verify(session, settings, login_name, user, password)
+    assert user is not None and account is not None  # verify raised otherwise
     if not user.is_active:
-        _login_failed(session, settings, user, user.email, "inactive")
+        _refuse_right_password(session, settings, check, user, "inactive")
         raise AppError(400, ErrorCode.INACTIVE_USER, "This account is deactivated.", oauth_error="invalid_grant")
     if settings.require_verified_email and not user.is_verified:
-        _login_failed(session, settings, user, user.email, "email_not_verified")
-        raise AppError(
-            403,
-            ErrorCode.EMAIL_NOT_VERIFIED,
-            "Verify your email address before logging in.",
-            oauth_error="invalid_grant",
-        )
-    if new_hash:
-        user.hashed_password = new_hash
-    return user
+        _refuse_right_password(session, settings, check, user, "email_not_verified")
+        raise email_not_verified("invalid_grant")
+    return check, account
 
 
-def _login_failed(session: Session, settings: Settings, user: User | None, email: str, reason: str) -> None:
-    """A failed login is recorded though the request fails: in a transaction of its own."""
-    session.rollback()
-    LOGINS.labels("failed").inc()
-    subject = user.id if user else None
-    audit.record(session, settings, "auth.login_failed", subject_id=subject, details={"email": email, "reason": reason})
+def _refuse_right_password(session: Session, settings: Settings, check: PasswordCheck, user: User, reason: str) -> None:
+    """The password was right, so it does not count toward a lock; the login is still refused."""
+    credentials.record_failure(session, settings, user, user.email, reason)
+    throttle.note_password_success(session.connection(), check.login_name)
     session.commit()
+
+
+def confirm_own_password(session: Session, settings: Settings, user: User, password: str) -> PasswordCheck:
+    """A signed-in user's current password, checked and throttled like a login (M5)."""
+    error = invalid_current_password()
+    return credentials.verify(session, settings, user.email, user, password, reason="current_password", error=error)
 
 
 def email_taken() -> AppError:
     return AppError(409, ErrorCode.EMAIL_TAKEN, "An account with this email already exists.")
-
-
-def invalid_current_password() -> AppError:
-    return AppError(400, ErrorCode.INVALID_CREDENTIALS, "The current password is not correct.")
 
 
 def public_users(session: Session, users: list[User]) -> list[UserPublic]:
@@ -101,16 +81,30 @@ def public_user(session: Session, user: User) -> UserPublic:
     return public_users(session, [user])[0]
 
 
-def check_can_manage(actor: Principal, target: User, changes: dict[str, Any] | None = None) -> None:
-    """Only a superuser may change a superuser or make one: users:write is not a way up."""
-    if (target.is_superuser or (changes or {}).get("is_superuser")) and not actor.user.is_superuser:
+def check_can_manage(session: Session, actor: Principal, target: User, changes: dict[str, Any] | None = None) -> None:
+    """users:write and users:delete are not a way up: a non-superuser may change or delete
+    another account only if they hold every permission it holds (the rule role grants
+    follow too), and only a superuser may touch a superuser or make one."""
+    if actor.user.is_superuser:
+        return
+    if target.is_superuser or (changes or {}).get("is_superuser"):
         raise permission_denied("Only a superuser can change or create a superuser.")
+    if not granted_permissions(session, target.id) <= actor.permissions:
+        raise permission_denied("You can only manage accounts whose permissions you hold yourself.")
 
 
 def check_not_self(actor: Principal, target: User, action: str) -> None:
     """Admins cannot lock themselves out by accident."""
     if target.id == actor.user.id:
         raise AppError(409, ErrorCode.CONFLICT, f"You cannot {action}.")
+
+
+def keep_a_superuser(session: Session, user: User, *, removing: bool) -> None:
+    """Refuse (409) to delete, deactivate or demote the last active superuser. Locks the
+    superusers' rows, so two of them removing themselves at once cannot both succeed."""
+    if removing and user.is_superuser and user.is_active and lock_active_superusers(session) <= 1:
+        session.rollback()
+        raise AppError(409, ErrorCode.CONFLICT, "This is the last active superuser; make another one first.")
 
 
 def get_user(session: Session, user_id: uuid.UUID) -> User:
@@ -176,23 +170,81 @@ def _flush_unique_email(session: Session) -> None:
         raise email_taken() from None
 
 
-def update_user(
-    session: Session, settings: Settings, user: User, changes: dict[str, Any], *, actor_id: uuid.UUID
+def admin_update_user(
+    session: Session, settings: Settings, actor: Principal, user_id: uuid.UUID, changes: dict[str, Any]
 ) -> User:
-    """Apply already-validated changes. A new email must be verified again (a mail goes to
-    it); a new password or a deactivation ends the user's sessions."""
-    new_email = "email" in changes and changes["email"] != user.email
-    if new_email and find_user_by_email(session, changes["email"]) is not None:
+    """PATCH /users/{id}. Checked once up front (a quick refusal, no hash spent), and again
+    under the target's row lock, in the transaction that applies the change."""
+    user = get_user(session, user_id)
+    check_can_manage(session, actor, user, changes)
+    if changes.get("is_active") is False or changes.get("is_superuser") is False:
+        check_not_self(actor, user, "deactivate or demote your own account")
+    new_hash = _new_password_hash(session, settings, user, changes)
+    removes_superuser = changes.get("is_active") is False or changes.get("is_superuser") is False
+    keep_a_superuser(session, user, removing=removes_superuser)
+    user = lock_user(session, user_id)
+    check_can_manage(session, actor, user, changes)
+    return _apply(session, settings, user, changes, new_hash, actor_id=actor.user.id)
+
+
+def update_own_profile(session: Session, settings: Settings, user: User, changes: dict[str, Any]) -> User:
+    """PATCH /users/me: the name, or the email with the current password (a stolen access
+    token must not move the account's recovery address). The new and the old address each
+    spend their mail budget, and the account its EMAIL_CHANGE_LIMIT."""
+    current_password = changes.pop("current_password", None)
+    check = None
+    if "email" in changes:
+        if current_password is None:  # the schema requires it; this guards other callers
+            raise invalid_current_password()
+        check = confirm_own_password(session, settings, user, current_password)
+        if changes["email"] != user.email:
+            engine = session.get_bind()
+            assert isinstance(engine, Engine)
+            limited = "Too many email changes for this account"
+            throttle.enforce(engine, f"email-change:{user.id}", settings.email_change_limit, limited)
+            mail_budget(session, settings, changes["email"])
+            mail_budget(session, settings, user.email)
+            if find_user_by_email(session, changes["email"]) is not None:
+                raise email_taken()
+    if check is not None:
+        credentials.commit_if_current(session, check, error=invalid_current_password())
+    user = lock_user(session, user.id)
+    return _apply(session, settings, user, changes, None, actor_id=user.id)
+
+
+def _new_password_hash(session: Session, settings: Settings, user: User, changes: dict[str, Any]) -> str | None:
+    """Validate what can be validated before the transaction, then hash a new password
+    (no connection held meanwhile)."""
+    if "email" in changes and changes["email"] != user.email and find_user_by_email(session, changes["email"]):
         raise email_taken()
-    if "password" in changes:
-        check_password(settings, changes["password"], changes.get("email", user.email))
-        release_connection(session)
-        user.hashed_password = hash_password(settings, changes["password"])
+    if "password" not in changes:
+        return None
+    check_password(settings, changes["password"], changes.get("email", user.email))
+    release_connection(session)
+    return hash_password(settings, changes["password"])
+
+
+def _apply(
+    session: Session,
+    settings: Settings,
+    user: User,
+    changes: dict[str, Any],
+    new_hash: str | None,
+    *,
+    actor_id: uuid.UUID,
+) -> User:
+    """Apply validated changes to a locked user, and commit. A new email must be verified
+    again (a mail goes to it, a notice to the old one); a new password or a deactivation
+    ends the user's sessions."""
+    now = utcnow()
+    new_email = "email" in changes and changes["email"] != user.email
     if new_email:
         queue_mail(session, email_changed_mail(user.email, changes["email"]))
         user.email = changes["email"]
         user.is_verified = False
-    if "password" in changes:
+    if new_hash is not None:
+        user.hashed_password = new_hash
+        user.credentials_version += 1  # a login checking the old password cannot commit now
         one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
         revoke_user_sessions(session, user.id, reason="password_changed")
     for field in ("full_name", "is_active", "is_superuser", "is_verified"):
@@ -200,7 +252,7 @@ def update_user(
             setattr(user, field, changes[field])
     if changes.get("is_active") is False:
         revoke_user_sessions(session, user.id, reason="deactivated")
-    user.updated_at = utcnow()
+    user.updated_at = now
     session.add(user)
     _flush_unique_email(session)
     if new_email and not user.is_verified:
@@ -217,13 +269,16 @@ def change_password(
 ) -> None:
     """Check the current password, set the new one, and end every other session."""
     check_password(settings, new, user.email)
-    release_connection(session)
-    ok, _ = verify_password(settings, current, user.hashed_password)
-    if not ok:
-        raise invalid_current_password()
-    user.hashed_password = hash_password(settings, new)
-    user.updated_at = utcnow()
-    session.add(user)
+    check = confirm_own_password(session, settings, user, current)
+    new_hash = hash_password(settings, new)
+    credentials.commit_if_current(
+        session,
+        check,
+        error=invalid_current_password(),
+        hashed_password=new_hash,
+        credentials_version=check.version + 1,
+        updated_at=utcnow(),
+    )
     one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
     revoke_user_sessions(session, user.id, reason="password_changed", keep=keep_session)
     audit.record(session, settings, "password.changed", actor_id=user.id, subject_id=user.id)
@@ -231,11 +286,21 @@ def change_password(
 
 
 def delete_own_account(session: Session, settings: Settings, user: User, password: str) -> None:
-    release_connection(session)
-    ok, _ = verify_password(settings, password, user.hashed_password)
-    if not ok:
-        raise invalid_current_password()
+    """Confirmed with the password; never the last active superuser."""
+    check = confirm_own_password(session, settings, user, password)
+    keep_a_superuser(session, user, removing=True)
+    credentials.commit_if_current(session, check, error=invalid_current_password())
     delete_user(session, settings, user, actor_id=user.id)
+
+
+def admin_delete_user(session: Session, settings: Settings, actor: Principal, user_id: uuid.UUID) -> None:
+    user = get_user(session, user_id)
+    check_can_manage(session, actor, user)
+    check_not_self(actor, user, "delete your own account here; use DELETE /users/me")
+    keep_a_superuser(session, user, removing=True)
+    user = lock_user(session, user_id)
+    check_can_manage(session, actor, user)
+    delete_user(session, settings, user, actor_id=actor.user.id)
 
 
 def delete_user(session: Session, settings: Settings, user: User, *, actor_id: uuid.UUID) -> None:
@@ -256,7 +321,7 @@ def list_users(
         conditions.append(
             or_(
                 col(User.email).like(pattern, escape="\\"),
-                func.lower(col(User.full_name)).like(pattern, escape="\\"),
+                unicode_lower(col(User.full_name), session.get_bind().dialect.name).like(pattern, escape="\\"),
             )
         )
     if is_active is not None:
@@ -268,32 +333,40 @@ def list_users(
     return list(users), count
 
 
-def ensure_superuser(session: Session, settings: Settings, email: str, password: str) -> tuple[User, bool]:
-    """Create the superuser, or promote the existing account; True when it was created."""
+def create_superuser(session: Session, settings: Settings, email: str, password: str) -> User | None:
+    """A new, verified superuser; None when the address already has an account, which is
+    never promoted implicitly (someone may have signed up with it first)."""
     email = normalize_email(email)
     if not 1 <= len(password) <= MAX_PASSWORD_LENGTH:
         raise ValueError(f"the password must be 1 to {MAX_PASSWORD_LENGTH} characters")
-    user = find_user_by_email(session, email)
-    if user is not None:
-        if not user.is_superuser:
-            user.is_superuser = True
-            user.updated_at = utcnow()
-            session.add(user)
-            session.commit()
-        return user, False
-    user = User(
-        email=email,
-        hashed_password=hash_password(settings, password),
-        is_superuser=True,
-        is_verified=True,
-    )
+    if find_user_by_email(session, email) is not None:
+        return None
+    user = User(email=email, hashed_password=hash_password(settings, password), is_superuser=True, is_verified=True)
     session.add(user)
+    audit.record(session, settings, "user.created", subject_id=user.id, details={"email": email, "superuser": True})
     try:
         session.commit()
     except IntegrityError:  # another worker created it first
         session.rollback()
-        existing = find_user_by_email(session, email)
-        assert existing is not None
-        return existing, False
+        return None
     session.refresh(user)
-    return user, True
+    return user
+
+
+def promote_to_superuser(session: Session, settings: Settings, user: User, password: str) -> None:
+    """An operator's explicit take-over of an existing account (`create-admin
+    --promote-existing`): the given password replaces the old one, every session of the
+    account ends, and the address counts as verified."""
+    new_hash = hash_password(settings, password)
+    user = lock_user(session, user.id)
+    user.hashed_password = new_hash
+    user.credentials_version += 1
+    user.is_superuser = True
+    user.is_verified = True
+    user.is_active = True
+    user.updated_at = utcnow()
+    session.add(user)
+    one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
+    revoke_user_sessions(session, user.id, reason="promoted")
+    audit.record(session, settings, "user.promoted", subject_id=user.id, details={"email": user.email})
+    session.commit()

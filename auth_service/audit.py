@@ -1,9 +1,11 @@
 """The audit log: events written in the transaction of the change they record, and
 handed to webhooks through the outbox, signed."""
 
+import base64
 import hashlib
 import hmac
 import json
+import time
 import urllib.request
 import uuid
 from datetime import datetime, timedelta
@@ -36,7 +38,15 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
 
 
 def sign(secret: str, body: str) -> str:
+    """`X-Webhook-Signature`: the hex HMAC-SHA256 of the body."""
     return "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_standard(secret: str, webhook_id: str, timestamp: int, body: str) -> str:
+    """`webhook-signature` (Standard Webhooks): the base64 HMAC-SHA256 of "id.timestamp.body",
+    so a receiver can refuse a replayed or re-timed delivery. The key is the secret's bytes."""
+    mac = hmac.new(secret.encode(), f"{webhook_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
 
 
 def record(
@@ -80,14 +90,19 @@ def record(
 def deliver_webhook(settings: Settings, payload: dict[str, Any]) -> None:
     """POST the event; any answer but 2xx (or no answer) is a failure to retry."""
     body: str = payload["body"]
+    webhook_id, timestamp = str(payload["id"]), int(time.time())
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "auth_service-webhook",
-        "X-Webhook-Id": str(payload["id"]),
+        "X-Webhook-Id": webhook_id,
         "X-Webhook-Event": payload["type"],
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
     }
     if settings.webhook_secret:
-        headers["X-Webhook-Signature"] = sign(settings.webhook_secret.get_secret_value(), body)
+        secret = settings.webhook_secret.get_secret_value()
+        headers["X-Webhook-Signature"] = sign(secret, body)
+        headers["webhook-signature"] = sign_standard(secret, webhook_id, timestamp, body)
     request = urllib.request.Request(payload["url"], data=body.encode(), headers=headers, method="POST")  # noqa: S310
     with urllib.request.urlopen(request, timeout=settings.webhook_timeout) as response:  # noqa: S310
         if not 200 <= response.status < 300:

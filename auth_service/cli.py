@@ -8,13 +8,14 @@ import signal
 import sys
 import threading
 
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from auth_service import one_time_tokens, throttle
-from auth_service.accounts import ensure_superuser, find_user_by_email
+from auth_service.accounts import create_superuser, find_user_by_email, promote_to_superuser
 from auth_service.audit import prune_events
 from auth_service.config import Settings
-from auth_service.db import make_engine
+from auth_service.db import make_engine, new_session
 from auth_service.models import Role, UserRole
 from auth_service.outbox import deliver_due, prune_delivered, run_sender
 from auth_service.password_policy import password_problems
@@ -38,14 +39,27 @@ def _admin_password(args: argparse.Namespace) -> str:
 
 
 def create_admin(settings: Settings, args: argparse.Namespace) -> int:
-    """Create a superuser, or make an existing account one."""
+    """Create a superuser; an existing account only with --promote-existing."""
     password = _admin_password(args)
     problems = password_problems(settings, password, args.email)
     if problems:
         raise SystemExit(" ".join(problems))
-    with Session(make_engine(settings.database_url)) as session:
-        user, created = ensure_superuser(session, settings, args.email, password)
-    print(f"{'created' if created else 'made superuser'}: {user.email} ({user.id})")
+    with new_session(make_engine(settings.database_url)) as session:
+        created = create_superuser(session, settings, args.email, password)
+        if created is not None:
+            print(f"created: {created.email} ({created.id})")
+            return 0
+        user = find_user_by_email(session, normalize_email(args.email))
+        if user is None:  # deleted since: try again
+            raise SystemExit("error: the account changed while this ran; run the command again")
+        if not args.promote_existing:
+            what = "a superuser" if user.is_superuser else "an ordinary account"
+            raise SystemExit(
+                f"error: {user.email} already exists ({what}); nothing changed. To make it a superuser with this "
+                "password, ending its sessions, run again with --promote-existing"
+            )
+        promote_to_superuser(session, settings, user, password)
+        print(f"made superuser: {user.email} ({user.id}); its password was replaced and its sessions ended")
     return 0
 
 
@@ -99,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     admin = commands.add_parser("create-admin", help=create_admin.__doc__)
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", help=f"for scripts; or set {ADMIN_PASSWORD_ENV}; else you are asked")
+    admin.add_argument(
+        "--promote-existing",
+        action="store_true",
+        help="if the address has an account, make it superuser with this password and end its sessions",
+    )
     admin.set_defaults(run=create_admin)
     grant = commands.add_parser("grant-role", help=grant_role.__doc__)
     grant.add_argument("--email", required=True)
@@ -113,3 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(Settings(), args))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    except (OperationalError, ProgrammingError) as exc:
+        raise SystemExit(
+            f"error: the database cannot be used ({type(exc.orig).__name__}): is it reachable, and migrated "
+            "(make migrate, or alembic upgrade head)?"
+        ) from None

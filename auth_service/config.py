@@ -69,6 +69,7 @@ class Settings(DatabaseSettings):
     jwt_audience: str = "auth_service"
     access_token_expire_minutes: int = Field(default=30, ge=1)
     refresh_token_expire_days: int = Field(default=7, ge=1)
+    session_max_days: int = Field(default=30, ge=1)
     session_retention_days: int = Field(default=30, ge=0)
 
     allow_signup: bool = True
@@ -115,6 +116,7 @@ class Settings(DatabaseSettings):
     mail_email_limit: RateLimitSetting = Field(default="5/hour", validate_default=True)
     mail_ip_limit: RateLimitSetting = Field(default="200/hour", validate_default=True)
     introspect_ip_limit: RateLimitSetting = Field(default="6000/minute", validate_default=True)
+    email_change_limit: RateLimitSetting = Field(default="5/day", validate_default=True)
 
     first_superuser_email: str | None = None
     first_superuser_password: SecretStr | None = None
@@ -139,6 +141,25 @@ class Settings(DatabaseSettings):
         if self.metrics == "token" and not (self.metrics_token and self.metrics_token.get_secret_value()):
             raise ValueError("METRICS=token needs METRICS_TOKEN")
         return self
+
+    @model_validator(mode="after")
+    def _check_proxies(self) -> "Settings":
+        if self.environment == "production" and "*" in self.forwarded_allow_ips:
+            raise ValueError("FORWARDED_ALLOW_IPS=* lets any client forge its address; name your proxies")
+        return self
+
+    def warnings(self) -> list[str]:
+        """What start-up logs as a warning: allowed, but probably not meant."""
+        found = []
+        if self.secret_key is not None and len(self.secret.encode()) < MIN_SECRET_BYTES:
+            found.append(f"SECRET_KEY is shorter than {MIN_SECRET_BYTES} bytes; tokens are only as strong as it")
+        if self.email_backend == "smtp" and not (self.smtp_starttls or self.smtp_ssl):
+            found.append(
+                "SMTP without TLS (SMTP_STARTTLS or SMTP_SSL): mails with live links cross the network in clear"
+            )
+        if self.environment == "production" and self.email_backend == "console":
+            found.append("EMAIL_BACKEND=console in production: mails, with their live links, go to the log")
+        return found
 
     @model_validator(mode="after")
     def _check_secret_key(self) -> "Settings":

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import Engine, event, make_url, text
+from sqlalchemy import Engine, event, func, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
@@ -40,8 +40,19 @@ def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) 
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # SQLite's lower() folds ASCII only; PostgreSQL's folds every script.
+        dbapi_connection.create_function("unicode_lower", 1, _lower, deterministic=True)
 
     return engine
+
+
+def _lower(value: str | None) -> str | None:
+    return value.lower() if isinstance(value, str) else value
+
+
+def unicode_lower(expression: Any, dialect_name: str) -> Any:
+    """lower() that folds every script on both databases (for searches)."""
+    return func.unicode_lower(expression) if dialect_name == "sqlite" else func.lower(expression)
 
 
 def new_session(engine: Engine) -> Session:

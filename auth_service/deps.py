@@ -12,7 +12,7 @@ from sqlmodel import Session
 from auth_service import throttle
 from auth_service.config import Limit, Settings
 from auth_service.db import new_session
-from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode, permission_denied
+from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode, email_not_verified, permission_denied
 from auth_service.models import User
 from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
 from auth_service.sessions import Principal, load_principal
@@ -36,9 +36,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DbSession = Annotated[Session, Depends(get_db)]
 
 
-def get_principal(
-    token: Annotated[str | None, Depends(oauth2_scheme)], db: DbSession, settings: SettingsDep
-) -> Principal:
+def _authenticate(token: str | None, db: Session, settings: Settings) -> Principal:
     """Verify the bearer token, then, in one query, that its user and session are live."""
     if not token:
         raise AppError(401, ErrorCode.NOT_AUTHENTICATED, "Not authenticated.", headers=BEARER)
@@ -56,7 +54,27 @@ def get_principal(
     return principal
 
 
+def get_principal(
+    token: Annotated[str | None, Depends(oauth2_scheme)], db: DbSession, settings: SettingsDep
+) -> Principal:
+    """The caller, if their token, session and account are live, and (with
+    REQUIRE_VERIFIED_EMAIL) their address verified."""
+    principal = _authenticate(token, db, settings)
+    if settings.require_verified_email and not principal.user.is_verified:
+        raise email_not_verified()
+    return principal
+
+
+def get_unverified_principal(
+    token: Annotated[str | None, Depends(oauth2_scheme)], db: DbSession, settings: SettingsDep
+) -> Principal:
+    """The caller, verified address or not: for the few calls an unverified account needs
+    even under REQUIRE_VERIFIED_EMAIL (asking for a new verification mail, logging out)."""
+    return _authenticate(token, db, settings)
+
+
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+UnverifiedPrincipal = Annotated[Principal, Depends(get_unverified_principal)]
 
 
 def get_current_user(principal: CurrentPrincipal) -> User:

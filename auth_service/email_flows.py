@@ -1,5 +1,6 @@
 """Email verification and password reset: the flows that prove someone reads a mailbox."""
 
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -10,8 +11,11 @@ from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.db import release_connection
 from auth_service.emails import password_reset_mail, queue_mail, verification_mail
+from auth_service.errors import AppError, ErrorCode
+from auth_service.locks import lock_user
 from auth_service.models import OutboxMessage, User, utcnow
 from auth_service.password_policy import check_password
+from auth_service.request_context import RequestInfo, current_request
 from auth_service.security import hash_password
 from auth_service.sessions import revoke_user_sessions
 
@@ -46,23 +50,31 @@ def verify_email(session: Session, settings: Settings, token: str) -> User:
 
 
 def request_password_reset(session: Session, settings: Settings, email: str) -> None:
-    """Queue the request and answer at once: the same inserts whether or not the email
-    has an account, so neither the answer nor its timing tells (no commit)."""
+    """Queue the request and answer at once: the same insert whether or not the email
+    has an account, so neither the answer nor its timing tells (no commit). The audit
+    event is written when the request is handled, naming the account if there is one."""
     mail_budget(session, settings, email)
-    session.add(OutboxMessage(kind=RESET_REQUEST, payload={"email": email}))
-    audit.record(session, settings, "password.reset_requested", details={"email": email})
+    info = current_request.get()
+    session.add(OutboxMessage(kind=RESET_REQUEST, payload={"email": email, "request": asdict(info) if info else None}))
 
 
 def handle_reset_request(engine: Engine, settings: Settings, payload: dict[str, Any]) -> None:
-    """Run by the outbox sender: if an active account has the email, queue its reset mail."""
-    with Session(engine) as session:
-        user = session.exec(select(User).where(col(User.email) == payload["email"])).first()
-        if user is None or not user.is_active:
-            return
-        lifetime = timedelta(minutes=settings.password_reset_token_minutes)
-        token = one_time_tokens.issue(session, user, one_time_tokens.PASSWORD_RESET, lifetime)
-        queue_mail(session, password_reset_mail(settings, user.email, token))
-        session.commit()
+    """Run by the outbox sender: if an active account has the email, queue its reset mail.
+    Either way record `password.reset_requested`, as coming from the original request."""
+    context = current_request.set(RequestInfo(**payload["request"]) if payload.get("request") else None)
+    try:
+        with Session(engine) as session:
+            user = session.exec(select(User).where(col(User.email) == payload["email"])).first()
+            if user is not None and user.is_active:
+                lifetime = timedelta(minutes=settings.password_reset_token_minutes)
+                token = one_time_tokens.issue(session, user, one_time_tokens.PASSWORD_RESET, lifetime)
+                queue_mail(session, password_reset_mail(settings, user.email, token))
+            subject = user.id if user else None
+            details = {"email": payload["email"]}
+            audit.record(session, settings, "password.reset_requested", subject_id=subject, details=details)
+            session.commit()
+    finally:
+        current_request.reset(context)
 
 
 def reset_password(session: Session, settings: Settings, token: str, new_password: str) -> None:
@@ -70,12 +82,19 @@ def reset_password(session: Session, settings: Settings, token: str, new_passwor
     row, user = one_time_tokens.check(session, token, one_time_tokens.PASSWORD_RESET)
     check_password(settings, new_password, user.email)
     release_connection(session)  # no lock or connection held while hashing
-    user.hashed_password = hash_password(settings, new_password)
+    new_hash = hash_password(settings, new_password)
     one_time_tokens.spend(session, row)
+    user = lock_user(session, user.id)
+    if user.email != row.email:  # the address changed while we hashed: the link is void
+        session.rollback()
+        raise AppError(400, ErrorCode.INVALID_TOKEN, one_time_tokens.INVALID)
+    user.hashed_password = new_hash
+    user.credentials_version += 1  # a login checking the old password cannot commit now
     user.is_verified = True
     user.updated_at = utcnow()
     session.add(user)
     one_time_tokens.invalidate(session, user.id, one_time_tokens.PASSWORD_RESET)
     revoke_user_sessions(session, user.id, reason="password_reset")
+    throttle.note_password_success(session.connection(), user.email)  # the reset proved the owner: unlock
     audit.record(session, settings, "password.reset", actor_id=user.id, subject_id=user.id)
     session.commit()

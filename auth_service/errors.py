@@ -65,6 +65,8 @@ class AppError(Exception):
 
 
 BEARER = {"WWW-Authenticate": "Bearer"}
+# On every answer (see middleware.SecurityHeadersMiddleware): answers carry tokens and user data.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 BEARER_INVALID = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 _CODE_BY_STATUS = {
@@ -124,7 +126,8 @@ def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, ErrorCode.INTERNAL_ERROR, "Internal server error.")
+    # Starlette answers this outside every middleware: the security headers come from here.
+    return error_response(500, ErrorCode.INTERNAL_ERROR, "Internal server error.", dict(SECURITY_HEADERS))
 
 
 def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -145,6 +148,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def not_found(what: str = "Resource") -> AppError:
     return AppError(404, ErrorCode.NOT_FOUND, f"{what} not found.")
+
+
+def email_not_verified(oauth_error: str | None = None) -> AppError:
+    return AppError(403, ErrorCode.EMAIL_NOT_VERIFIED, "Verify your email address first.", oauth_error=oauth_error)
 
 
 def permission_denied(detail: str = "You do not have permission to do this.") -> AppError:

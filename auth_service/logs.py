@@ -42,6 +42,8 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    handler.set_name("auth_service")
     root = logging.getLogger()
-    root.handlers = [handler]
+    # Replace our own handler (create_app may run twice in a process), keep anyone else's.
+    root.handlers = [h for h in root.handlers if h.get_name() != "auth_service"] + [handler]
     root.setLevel(settings.log_level.upper())

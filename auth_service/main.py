@@ -8,18 +8,18 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from auth_service import __version__
-from auth_service.accounts import ensure_superuser
+from auth_service.accounts import create_superuser, find_user_by_email
 from auth_service.config import Settings
-from auth_service.db import make_engine
+from auth_service.db import make_engine, new_session
 from auth_service.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from auth_service.logs import configure_logging
 from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
 from auth_service.outbox import start_sender_thread
 from auth_service.routers import audit, auth, health, metrics, roles, users
+from auth_service.schemas import normalize_email
 
 logger = logging.getLogger("auth_service")
 
@@ -38,8 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Room for HASH_QUEUE_LIMIT logins waiting on a hash, and 40 threads for the rest.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue_limit + 40
-        if settings.environment == "production" and settings.email_backend == "console":
-            logger.warning("EMAIL_BACKEND=console in production: mails, with their live links, go to the log")
+        for warning in settings.warnings():
+            logger.warning("%s", warning)
         create_first_superuser(settings, app)
         stop_sender = start_sender_thread(engine, settings) if settings.outbox_worker else None
         yield
@@ -58,8 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     install_error_handlers(app)
-    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -81,15 +81,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_first_superuser(settings: Settings, app: FastAPI) -> None:
-    """FIRST_SUPERUSER_EMAIL/PASSWORD: create that account at start-up if it is missing."""
+    """FIRST_SUPERUSER_EMAIL/PASSWORD: create that account at start-up if it is missing.
+
+    An existing account with that address is never promoted: whoever signed up with it
+    first would become superuser with their own password. It is left alone, with an error
+    in the log saying what to do.
+    """
     if not (settings.first_superuser_email and settings.first_superuser_password):
         return
+    password = settings.first_superuser_password.get_secret_value()
     try:
-        with Session(app.state.engine) as session:
-            user, created = ensure_superuser(
-                session, settings, settings.first_superuser_email, settings.first_superuser_password.get_secret_value()
-            )
+        with new_session(app.state.engine) as session:
+            created = create_superuser(session, settings, settings.first_superuser_email, password)
+            existing = None if created else find_user_by_email(session, normalize_email(settings.first_superuser_email))
     except SQLAlchemyError as exc:
         raise RuntimeError("cannot create the first superuser: is the database migrated? (make migrate)") from exc
     if created:
-        logger.info("created the first superuser %s", user.email)
+        logger.info("created the first superuser %s", created.email)
+    elif existing is not None and not existing.is_superuser:
+        logger.error(
+            "FIRST_SUPERUSER_EMAIL %s belongs to an ordinary account, which was NOT made superuser. If it is yours, "
+            "run: python -m auth_service create-admin --email %s --promote-existing",
+            existing.email,
+            existing.email,
+        )

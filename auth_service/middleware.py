@@ -9,13 +9,16 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from auth_service.errors import ErrorCode, error_response
+from auth_service.errors import SECURITY_HEADERS, ErrorCode, error_response
 from auth_service.metrics import LATENCY, REQUESTS
 from auth_service.request_context import RequestInfo, current_request
 from auth_service.schemas import printable
 
 access_log = logging.getLogger("auth_service.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Metrics label methods from this set only (anything else is OTHER, and answered 405 at
+# once), so made-up method names cannot grow the metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 DOCS_PREFIXES = ("/docs", "/redoc", "/openapi.json")
@@ -129,12 +132,17 @@ class RequestLogMiddleware:
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
         try:
-            await self.app(scope, receive, send_with_id)
+            if method == "OTHER":
+                detail = "This method is not allowed."
+                response = error_response(405, ErrorCode.METHOD_NOT_ALLOWED, detail, dict(SECURITY_HEADERS))
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "<unmatched>")
-            method = scope["method"]
             REQUESTS.labels(method, route, str(status)).inc()
             LATENCY.labels(method, route).observe(elapsed)
             fields = {"method": method, "route": route, "status": status, "duration_ms": round(elapsed * 1000, 1)}

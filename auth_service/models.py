@@ -62,6 +62,9 @@ class User(UserBase, table=True):
     is_active: bool = True
     is_superuser: bool = False
     is_verified: bool = False
+    # Bumped whenever the password is set: a login (or any check of the password) commits
+    # only if the version it read with the hash is still current, see accounts.authenticate.
+    credentials_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = timestamp(default_factory=utcnow)
     updated_at: datetime = timestamp(default_factory=utcnow)
     last_login_at: datetime | None = timestamp(default=None, nullable=True)

@@ -12,3 +12,8 @@ class RequestInfo:
 
 
 current_request: ContextVar[RequestInfo | None] = ContextVar("current_request", default=None)
+
+
+def client_ip() -> str | None:
+    info = current_request.get()
+    return info.client_ip if info else None

@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from auth_service import audit
 from auth_service.config import Settings
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
+from auth_service.locks import lock_user
 from auth_service.models import Role, User, UserRole, utcnow
 from auth_service.sessions import Principal
 
@@ -24,10 +25,26 @@ def role_conflict(name: str) -> AppError:
     return AppError(409, ErrorCode.CONFLICT, f"A role named {name!r} already exists.")
 
 
+ADMIN_ROLE = "admin"  # seeded by the migrations; other services may rely on its name
+
+
 def check_no_escalation(actor: Principal, permissions: Iterable[str]) -> None:
     missing = sorted(p for p in set(permissions) if not actor.can(p))
     if missing:
         raise permission_denied(f"You cannot grant permissions you do not hold: {', '.join(missing)}.")
+
+
+def check_holds_role(actor: Principal, role: Role) -> None:
+    """Changing or deleting a role needs every permission in it: roles:write alone can
+    neither weaken a role above you nor give your own role its name."""
+    missing = sorted(p for p in set(role.permissions) if not actor.can(p))
+    if missing:
+        raise permission_denied(f"You can only change roles whose permissions you hold; missing: {', '.join(missing)}.")
+
+
+def check_not_builtin(role: Role, action: str) -> None:
+    if role.name == ADMIN_ROLE:
+        raise AppError(409, ErrorCode.CONFLICT, f"The built-in {ADMIN_ROLE!r} role cannot be {action}.")
 
 
 def get_role(session: Session, name: str) -> Role:
@@ -73,11 +90,14 @@ def create_role(
 
 
 def update_role(session: Session, settings: Settings, actor: Principal, role: Role, changes: dict[str, Any]) -> Role:
+    """Any change needs every permission of the role before and after it."""
     previous_name = role.name
+    check_holds_role(actor, role)
     if "permissions" in changes:
-        check_no_escalation(actor, set(changes["permissions"]) - set(role.permissions))
+        check_no_escalation(actor, changes["permissions"])
         role.permissions = sorted(set(changes["permissions"]))
     if "name" in changes and changes["name"] != role.name:
+        check_not_builtin(role, "renamed")
         if session.exec(select(Role.id).where(col(Role.name) == changes["name"])).first() is not None:
             raise role_conflict(changes["name"])
         role.name = changes["name"]
@@ -94,15 +114,22 @@ def update_role(session: Session, settings: Settings, actor: Principal, role: Ro
 
 def delete_role(session: Session, settings: Settings, actor: Principal, role: Role) -> None:
     """Holders lose it with it (the link rows cascade)."""
+    check_holds_role(actor, role)
+    check_not_builtin(role, "deleted")
     audit.record(session, settings, "role.deleted", actor_id=actor.user.id, details={"role": role.name})
     session.delete(role)
     session.commit()
 
 
 def assign_role(session: Session, settings: Settings, actor: Principal, user: User, role: Role) -> None:
-    """Give a user a role; holding it already is not an error (and records nothing)."""
+    """Give a user a role; holding it already is not an error (and records nothing).
+
+    The user's row is locked first, so the grant serializes with an admin's change to the
+    same account (which checks the account's permissions under the same lock)."""
     check_no_escalation(actor, role.permissions)
+    lock_user(session, user.id)
     if session.get(UserRole, (user.id, role.id)) is not None:
+        session.rollback()
         return
     session.add(UserRole(user_id=user.id, role_id=role.id))
     audit.record(
@@ -138,3 +165,13 @@ def role_names(session: Session, user_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
         for user_id, name in rows:
             names[user_id].append(name)
     return names
+
+
+def granted_permissions(session: Session, user_id: uuid.UUID) -> frozenset[str]:
+    """Every permission the user's roles grant (a superuser holds more: see Principal.can)."""
+    rows = session.exec(
+        select(Role.permissions)
+        .join(UserRole, col(UserRole.role_id) == col(Role.id))
+        .where(col(UserRole.user_id) == user_id)
+    ).all()
+    return frozenset(permission for permissions in rows for permission in permissions or [])

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, StringConstraints, model_validator
 from sqlmodel import Field, SQLModel
 
 from auth_service.models import UserBase
@@ -37,9 +37,14 @@ def printable(value: str, limit: int) -> str:
     return "".join(c for c in value if c.isprintable())[:limit]
 
 
+# C0 and C1 controls, and the bidi embeddings, overrides and isolates that make a name
+# display as something else ("Trojan Source").
+_HIDDEN = {*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
 def _no_control_characters(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("must not contain control characters")
+    if any(ord(c) in _HIDDEN for c in value):
+        raise ValueError("must not contain control characters or bidirectional overrides")
     return value
 
 
@@ -96,8 +101,17 @@ class UsersPublic(SQLModel):
 
 
 class UserUpdateMe(SQLModel):
+    """A new `email` needs `current_password`: a stolen access token must not move the account."""
+
     email: Email = Field(default=None, schema_extra={"examples": ["ada.king@example.com"]})
     full_name: Text | None = Field(default=None, schema_extra={"examples": ["Ada King"]})
+    current_password: Password | None = Field(default=None, description="Required with `email`.")
+
+    @model_validator(mode="after")
+    def _email_needs_password(self) -> "UserUpdateMe":
+        if "email" in self.model_fields_set and not self.current_password:
+            raise ValueError("changing the email needs current_password")
+        return self
 
 
 class UserAdminCreate(UserCreate):

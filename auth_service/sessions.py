@@ -7,14 +7,16 @@ belong to it, and revoking it cuts both at once on every worker.
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from auth_service import audit
 from auth_service.config import Settings
-from auth_service.errors import BEARER_INVALID, AppError, ErrorCode
+from auth_service.credentials import PasswordCheck, commit_if_current
+from auth_service.errors import BEARER_INVALID, AppError, ErrorCode, email_not_verified
 from auth_service.metrics import LOGINS
 from auth_service.models import RefreshToken, Role, User, UserRole, UserSession, utcnow
 from auth_service.permissions import BUILTIN_PERMISSIONS
@@ -49,31 +51,43 @@ def effective_permissions(is_superuser: bool, role_permissions: set[str]) -> lis
     return sorted(set(BUILTIN_PERMISSIONS) | role_permissions) if is_superuser else sorted(role_permissions)
 
 
-def load_principal(session: Session, user_id: uuid.UUID, session_id: uuid.UUID) -> Principal | None:
-    """One round trip: the user with their roles, if their token's session is live. None otherwise."""
-    rows = session.exec(
+def _user_and_grants(
+    session: Session, *conditions: Any, live_session: uuid.UUID | None = None
+) -> tuple[User, list[str], frozenset[str]] | None:
+    """One round trip: a user with their role names and effective permissions."""
+    query = (
         select(User, Role.name, Role.permissions)
-        .join(UserSession, col(UserSession.user_id) == col(User.id))
         .outerjoin(UserRole, col(UserRole.user_id) == col(User.id))
         .outerjoin(Role, col(Role.id) == col(UserRole.role_id))
-        .where(
-            col(User.id) == user_id,
-            col(UserSession.id) == session_id,
+        .where(*conditions)
+    )
+    if live_session is not None:
+        query = query.join(UserSession, col(UserSession.user_id) == col(User.id)).where(
+            col(UserSession.id) == live_session,
             col(UserSession.revoked_at).is_(None),
             col(UserSession.expires_at) > utcnow(),
         )
-    ).all()
+    rows = session.exec(query).all()
     if not rows:
         return None
     user = rows[0][0]
     roles = sorted(name for _, name, _ in rows if name is not None)
     granted = {permission for _, _, permissions in rows for permission in permissions or []}
-    return Principal(
-        user=user,
-        session_id=session_id,
-        roles=roles,
-        permissions=frozenset(effective_permissions(user.is_superuser, granted)),
-    )
+    return user, roles, frozenset(effective_permissions(user.is_superuser, granted))
+
+
+def load_principal(session: Session, user_id: uuid.UUID, session_id: uuid.UUID) -> Principal | None:
+    """The user with their roles, if their token's session is live; None otherwise."""
+    found = _user_and_grants(session, col(User.id) == user_id, live_session=session_id)
+    if found is None:
+        return None
+    user, roles, permissions = found
+    return Principal(user=user, session_id=session_id, roles=roles, permissions=permissions)
+
+
+def find_account(session: Session, email: str) -> tuple[User, list[str], frozenset[str]] | None:
+    """The account logging in, with what its token will say it may do (one query)."""
+    return _user_and_grants(session, col(User.email) == email)
 
 
 def _issue(settings: Settings, principal: Principal, refresh_token: str) -> Token:
@@ -87,21 +101,42 @@ def _issue(settings: Settings, principal: Principal, refresh_token: str) -> Toke
     return Token(access_token=access_token, expires_in=expires_in, refresh_token=refresh_token)
 
 
-def start_session(session: Session, settings: Settings, user: User) -> Token:
-    """A new session with its first refresh token; the user has already been authenticated."""
+def _session_expiry(settings: Settings, created_at: datetime, now: datetime) -> datetime:
+    """A refresh extends a session by REFRESH_TOKEN_EXPIRE_DAYS, never past SESSION_MAX_DAYS."""
+    return min(now + timedelta(days=settings.refresh_token_expire_days), created_at + _max_age(settings))
+
+
+def _max_age(settings: Settings) -> timedelta:
+    return timedelta(days=settings.session_max_days)
+
+
+def start_session(
+    session: Session,
+    settings: Settings,
+    check: PasswordCheck,
+    account: tuple[User, list[str], frozenset[str]],
+) -> Token:
+    """A new session with its first refresh token, for a password just checked.
+
+    It commits only if that password is still the account's (see credentials.py), and
+    with it the rehash under today's Argon2 parameters, if any.
+    """
+    user, roles, permissions = account
     now = utcnow()
+    values: dict[str, Any] = {"last_login_at": now}
+    if check.new_hash:
+        values["hashed_password"] = check.new_hash
+    commit_if_current(session, check, **values)
     client = current_request.get()
     user_session = UserSession(
         user_id=user.id,
         created_at=now,
         last_used_at=now,
-        expires_at=now + timedelta(days=settings.refresh_token_expire_days),
+        expires_at=_session_expiry(settings, now, now),
         user_agent=client.user_agent[:512] if client and client.user_agent else None,
         client_ip=client.client_ip if client else None,
     )
     refresh_token = new_opaque_token()
-    user.last_login_at = now
-    session.add(user)
     session.add(user_session)
     session.flush()  # the session row first: the refresh token references it
     session.add(RefreshToken(session_id=user_session.id, token_hash=token_digest(refresh_token)))
@@ -109,8 +144,7 @@ def start_session(session: Session, settings: Settings, user: User) -> Token:
     LOGINS.labels("succeeded").inc()
     audit.record(session, settings, "auth.login_succeeded", actor_id=user.id, subject_id=user.id, details=details)
     session.commit()
-    principal = load_principal(session, user.id, user_session.id)
-    assert principal is not None
+    principal = Principal(user=user, session_id=user_session.id, roles=roles, permissions=permissions)
     return _issue(settings, principal, refresh_token)
 
 
@@ -131,6 +165,10 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
     token, user_session = found
     if user_session.revoked_at is not None:
         raise _refresh_rejected("The session of this refresh token has ended.")
+    if user_session.created_at + _max_age(settings) <= now:
+        revoke_session(session, user_session.id, reason="max_age")
+        session.commit()
+        raise _refresh_rejected("The session has reached its maximum age; log in again.", ErrorCode.TOKEN_EXPIRED)
     if user_session.expires_at <= now:
         raise _refresh_rejected("Refresh token has expired.", ErrorCode.TOKEN_EXPIRED)
     # Claim the token atomically: of two concurrent uses exactly one updates the row.
@@ -150,7 +188,7 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
     new_token = new_opaque_token()
     session.add(RefreshToken(session_id=user_session.id, token_hash=token_digest(new_token)))
     user_session.last_used_at = now
-    user_session.expires_at = now + timedelta(days=settings.refresh_token_expire_days)
+    user_session.expires_at = _session_expiry(settings, user_session.created_at, now)
     session.add(user_session)
     session.flush()
     # Read the caller inside this transaction: the winner of a race answers with what it
@@ -159,6 +197,9 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
     if principal is None or not principal.user.is_active:
         session.rollback()
         raise _refresh_rejected("The session of this refresh token has ended.")
+    if settings.require_verified_email and not principal.user.is_verified:
+        session.rollback()
+        raise email_not_verified("invalid_grant")
     session.commit()
     return _issue(settings, principal, new_token)
 

@@ -8,7 +8,7 @@ LOGIN_LOCKOUT_MAX_SECONDS, so strangers cannot lock an account for good.
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, case, delete, literal, or_, select, update
+from sqlalchemy import Connection, Engine, case, delete, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from auth_service.config import Limit, Settings
@@ -61,20 +61,13 @@ def enforce(engine: Engine, key: str, limit: Limit | None, what: str = "Too many
         raise rate_limited(_seconds_until(window_start + timedelta(seconds=limit.seconds), now), what)
 
 
-def exceeded(engine: Engine, key: str, limit: Limit | None) -> int | None:
-    """Seconds to wait if `key` has used up its window, without counting a hit."""
-    if limit is None:
-        return None
-    now = utcnow()
-    with engine.connect() as connection:
-        row = connection.execute(select(table.c.count, table.c.window_start).where(table.c.key == key)).first()
-    if row is None or row[0] < limit.count:
-        return None
-    window_end = row[1] + timedelta(seconds=limit.seconds)
-    return _seconds_until(window_end, now) if window_end > now else None
-
-
 # --- logins --------------------------------------------------------------------------------
+#
+# A password check (a login, or a current-password check) asks whether its name or
+# client IP is locked right before the hash, inside the hash slot, and a failure is
+# counted before the slot is given back (credentials.verify). So however many guesses
+# arrive at once, at most LOGIN_MAX_FAILURES + HASH_CONCURRENCY of them (per worker) are
+# ever verified, and honest logins racing each other are never refused for it.
 
 
 def account_key(email: str) -> str:
@@ -85,44 +78,59 @@ def ip_key(ip: str) -> str:
     return f"login-ip:{ip}"
 
 
-def login_locked_for(engine: Engine, email: str) -> int | None:
-    """Seconds the account (any email, known or not) is locked for, or None."""
+def _lock_seconds(settings: Settings, failures: int) -> int:
+    """From LOGIN_LOCKOUT_BASE_SECONDS, doubling per failure past the limit, capped."""
+    steps = failures - settings.login_max_failures
+    return min(settings.login_lockout_base_seconds << min(steps, 30), settings.login_lockout_max_seconds)
+
+
+def refuse_if_locked(engine: Engine, settings: Settings, login_name: str, ip: str | None) -> None:
+    """429 RATE_LIMITED, with Retry-After, while the name is locked or the IP has used up
+    LOGIN_IP_LIMIT; such attempts are not counted. One query for both."""
+    limit = settings.login_ip_limit
+    keys = [account_key(login_name)] + ([ip_key(ip)] if ip and limit else [])
     with engine.connect() as connection:
-        locked_until = connection.execute(
-            select(table.c.locked_until).where(table.c.key == account_key(email))
-        ).scalar_one_or_none()
+        rows = connection.execute(
+            select(table.c.key, table.c.count, table.c.window_start, table.c.locked_until).where(table.c.key.in_(keys))
+        ).all()
     now = utcnow()
-    if locked_until is None or locked_until <= now:
-        return None
-    return _seconds_until(locked_until, now)
+    for key, count, window_start, locked_until in rows:
+        if key == keys[0] and locked_until is not None and locked_until > now:
+            raise rate_limited(_seconds_until(locked_until, now), "Too many failed logins")
+        if key != keys[0] and limit and count >= limit.count:
+            window_end = window_start + timedelta(seconds=limit.seconds)
+            if window_end > now:
+                raise rate_limited(_seconds_until(window_end, now), "Too many failed logins")
 
 
-def note_login_failure(engine: Engine, settings: Settings, email: str, ip: str | None) -> None:
-    """Count a failure for the account and for the client IP; lock the account past the limit.
+def note_login_failure(engine: Engine, settings: Settings, login_name: str, ip: str | None) -> None:
+    """Count a failure for the name and for the client IP; lock the name past the limit.
 
-    The delay doubles with every failure past LOGIN_MAX_FAILURES, from
-    LOGIN_LOCKOUT_BASE_SECONDS up to LOGIN_LOCKOUT_MAX_SECONDS. Failures are forgotten after
-    LOGIN_FAILURE_RESET_SECONDS without one.
+    The lock doubles with every failure past LOGIN_MAX_FAILURES, from
+    LOGIN_LOCKOUT_BASE_SECONDS up to LOGIN_LOCKOUT_MAX_SECONDS. A name's failures are
+    forgotten after LOGIN_FAILURE_RESET_SECONDS without one (each failure restarts that
+    period). A lost counter after a crash is harmless, so PostgreSQL need not wait for
+    the disk.
     """
     now = utcnow()
+    key = account_key(login_name)
     with engine.begin() as connection:
-        window = timedelta(seconds=settings.login_failure_reset_seconds)
-        failures, _ = _increment(connection, account_key(email), now, window)
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        failures, _ = _increment(connection, key, now, timedelta(seconds=settings.login_failure_reset_seconds))
+        locked_until = None
         if failures >= settings.login_max_failures:
-            steps = failures - settings.login_max_failures
-            delay = min(settings.login_lockout_base_seconds * 2 ** min(steps, 30), settings.login_lockout_max_seconds)
-            connection.execute(
-                update(table)
-                .where(table.c.key == account_key(email))
-                .values(locked_until=now + timedelta(seconds=delay))
-            )
+            locked_until = now + timedelta(seconds=_lock_seconds(settings, failures))
+        # window_start is the last failure here: the quiet period runs from it.
+        connection.execute(update(table).where(table.c.key == key).values(window_start=now, locked_until=locked_until))
         if ip and settings.login_ip_limit:
             _increment(connection, ip_key(ip), now, timedelta(seconds=settings.login_ip_limit.seconds))
 
 
-def clear_login_failures(engine: Engine, email: str) -> None:
-    with engine.begin() as connection:
-        connection.execute(delete(table).where(table.c.key == account_key(email)))
+def note_password_success(connection: Connection, login_name: str) -> None:
+    """The password was right (or a reset proved the owner): forget the name's failures,
+    lock included. In the caller's transaction."""
+    connection.execute(delete(table).where(table.c.key == account_key(login_name)))
 
 
 def prune(engine: Engine, older_than: timedelta = timedelta(days=1)) -> int:

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlmodel import Session
 
-from auth_service.accounts import ensure_superuser
+from auth_service.accounts import create_superuser
 from auth_service.config import Settings
 from auth_service.main import create_app
 from auth_service.models import Role, metadata
@@ -176,7 +176,8 @@ def user(client: TestClient) -> Account:
 @pytest.fixture
 def admin(client: TestClient, app: FastAPI, settings: Settings) -> Account:
     with Session(app.state.engine) as session:
-        created, _ = ensure_superuser(session, settings, ADMIN_EMAIL, ADMIN_PASSWORD)
+        created = create_superuser(session, settings, ADMIN_EMAIL, ADMIN_PASSWORD)
+        assert created is not None
         user_id = str(created.id)
     tokens = login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     return Account(ADMIN_EMAIL, ADMIN_PASSWORD, user_id, tokens["access_token"], tokens["refresh_token"])

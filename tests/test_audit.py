@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from auth_service.models import AuditEvent, utcnow
 from auth_service.outbox import deliver_due
@@ -83,7 +84,8 @@ def test_no_secret_in_the_audit_log(client: TestClient, admin: Account) -> None:
 def test_unknown_email_login_failure_is_recorded(client: TestClient, admin: Account) -> None:
     client.post("/auth/login", data={"username": "Ghost@Example.com", "password": "whatever it is"})
     [event] = events(client, admin, type="auth.login_failed")
-    assert event["subject_id"] is None and event["details"]["email"] == "ghost@example.com"
+    assert event["subject_id"] is None and event["details"]["reason"] == "invalid_credentials"
+    assert "email" not in event["details"] and len(event["details"]["username_hash"]) == 32
 
 
 def test_filters_and_cursor(client: TestClient, admin: Account) -> None:
@@ -260,3 +262,23 @@ def test_webhooks_survive_an_outage_and_arrive_once_signed(
         assert event["id"] == int(headers["X-Webhook-Id"]) and headers["X-Webhook-Event"] == event["type"]
     types = {json.loads(body)["type"] for _, body in receiver.received[before:]}
     assert {"user.signed_up", "auth.login_succeeded", "auth.login_failed"} <= types
+
+
+def test_webhooks_follow_standard_webhooks(client: TestClient, app: FastAPI, receiver: Receiver) -> None:
+    """A receiver verifies with the `standardwebhooks` library, and refuses a tampered body,
+    another id, or a replay outside its tolerance."""
+    register(client, "ada@example.com")
+    drain(app)
+    assert receiver.received
+    verifier = Webhook(WEBHOOK_SECRET.encode())
+    for headers, body in receiver.received:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        assert lowered["webhook-id"] == headers["X-Webhook-Id"]
+        assert verifier.verify(body, lowered) == json.loads(body)
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(body.replace(b'"id":', b'"id": '), lowered)  # the same JSON, other bytes
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(body, {**lowered, "webhook-id": "999999"})
+        stale = str(int(lowered["webhook-timestamp"]) - 3600)
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(body, {**lowered, "webhook-timestamp": stale})

@@ -88,11 +88,12 @@ def test_create_admin_then_log_in(
     listing = client.get("/users", headers={"Authorization": f"Bearer {admin_token}"})  # an admin endpoint
     assert listing.status_code == 200 and listing.json()["count"] == 2
 
-    # running it again keeps the superuser (in-process: the same main() as `python -m auth_service`)
+    # running it again changes nothing and says so (in-process: the same main() as `python -m auth_service`)
     for name, value in service_env(database_url).items():
         monkeypatch.setenv(name, value)
-    assert cli.main(["create-admin", "--email", "root@example.com", "--password", ADMIN_PASSWORD]) == 0
-    assert "root@example.com" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["create-admin", "--email", "root@example.com", "--password", "another admin password"])
+    assert "already exists" in str(refused.value) and "--promote-existing" in str(refused.value)
     assert me(client, "root@example.com", ADMIN_PASSWORD)["is_superuser"] is True
     db.expire_all()
     assert len(db.exec(select(User)).all()) == 2  # nobody was duplicated
@@ -125,11 +126,11 @@ def side_by_side(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     a database nobody migrated; and the promotion of an ordinary account (SQLite, migrated here)."""
     directory = tmp_path_factory.mktemp("cli")
     untouched = f"sqlite:///{directory / 'untouched.db'}"
-    promoted = f"sqlite:///{directory / 'promoted.db'}"
-    command.upgrade(alembic_config(promoted), "head")
-    engine = create_engine(promoted)
+    squatted = f"sqlite:///{directory / 'squatted.db'}"
+    command.upgrade(alembic_config(squatted), "head")
+    engine = create_engine(squatted)
     with Session(engine) as session:
-        alice = create_user(session, make_settings(promoted), email="alice@example.com", password=PASSWORD)
+        alice = create_user(session, make_settings(squatted), email="alice@example.com", password=PASSWORD)
         alice_hash = alice.hashed_password
     calls = {
         "weak": (untouched, "create-admin", "--email", "ops@example.com", "--password", "password"),
@@ -137,31 +138,40 @@ def side_by_side(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "bad_email": (untouched, "create-admin", "--email", "nope", "--password", ADMIN_PASSWORD),
         "unmigrated": (f"sqlite:///{directory / 'unmigrated.db'}", "create-admin", "--email", "ops@example.com",
                        "--password", ADMIN_PASSWORD),
-        "promote": (promoted, "create-admin", "--email", "ALICE@example.com", "--password", ADMIN_PASSWORD),
+        "squat": (squatted, "create-admin", "--email", "ALICE@example.com", "--password", ADMIN_PASSWORD),
     }  # fmt: skip
     results: dict[str, Any] = dict(zip(calls, run_together(*calls.values()), strict=True))
     results["untouched"] = not Path(untouched.removeprefix("sqlite:///")).exists()
     with Session(engine) as session:
         after = session.exec(select(User)).all()
-        results["promoted_users"] = [(u.email, u.is_superuser, u.hashed_password == alice_hash) for u in after]
+        results["squatted_users"] = [(u.email, u.is_superuser, u.hashed_password == alice_hash) for u in after]
     engine.dispose()
     return results
 
 
-def test_create_admin_promotes_an_existing_account(side_by_side: dict[str, Any]) -> None:
-    """The account becomes a superuser, keeps its own password, and is not duplicated."""
-    assert side_by_side["promoted_users"] == [("alice@example.com", True, True)]
+def test_create_admin_never_promotes_an_existing_account_implicitly(side_by_side: dict[str, Any]) -> None:
+    """Someone signed up first with the admin's address: they must not become superuser."""
+    result = side_by_side["squat"]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "already exists" in result.stderr and "--promote-existing" in result.stderr
+    assert side_by_side["squatted_users"] == [("alice@example.com", False, True)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: create-admin for an existing non-superuser promotes it, then crashes printing the result "
-    "(DetachedInstanceError: user.email read after its session closed): exit 1 with a traceback",
-)
-def test_create_admin_promoting_reports_success(side_by_side: dict[str, Any]) -> None:
-    result = side_by_side["promote"]
+def test_create_admin_promote_existing_takes_the_account_over(client: TestClient, database_url: str) -> None:
+    squatter = signup(client, "root@example.com")
+    squatter_tokens = login(client, "root@example.com")
+    result = run(database_url, "create-admin", "--email", "root@example.com", "--promote-existing",
+                 "--password", ADMIN_PASSWORD)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "made superuser" in result.stdout and "Traceback" not in result.stderr
+    assert "made superuser" in result.stdout and ADMIN_PASSWORD not in result.stdout + result.stderr
+    # the squatter's sessions are over, their password no longer works, the admin's does
+    old = {"Authorization": f"Bearer {squatter_tokens['access_token']}"}
+    assert client.get("/users/me", headers=old).status_code == 401
+    refreshed = client.post("/auth/refresh", json={"refresh_token": squatter_tokens["refresh_token"]})
+    assert refreshed.status_code == 401
+    assert client.post("/auth/login", data={"username": "root@example.com", "password": PASSWORD}).status_code == 400
+    root = me(client, "root@example.com", ADMIN_PASSWORD)
+    assert root["id"] == squatter["id"] and root["is_superuser"] is True and root["is_verified"] is True
 
 
 def test_create_admin_refuses_weak_passwords_and_missing_input(side_by_side: dict[str, Any]) -> None:
@@ -174,11 +184,6 @@ def test_create_admin_refuses_weak_passwords_and_missing_input(side_by_side: dic
     assert side_by_side["untouched"]  # refused before touching the database
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: create-admin on an unmigrated database dies with a SQLAlchemy traceback and SQL "
-    "instead of a one-line hint to run the migrations",
-)
 def test_create_admin_before_migrating_says_so(side_by_side: dict[str, Any]) -> None:
     result = side_by_side["unmigrated"]
     assert result.returncode != 0

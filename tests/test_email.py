@@ -159,7 +159,9 @@ def test_email_change_needs_verifying_again(client: TestClient, app: FastAPI, sm
     drain(app)
     old_token = token_in(smtp.sink.messages[-1])
     headers = {"Authorization": f"Bearer {login(client, 'ada@example.com')['access_token']}"}
-    changed = client.patch("/users/me", json={"email": "Ada.New@Example.com"}, headers=headers)
+    changed = client.patch(
+        "/users/me", json={"email": "Ada.New@Example.com", "current_password": PASSWORD}, headers=headers
+    )
     assert changed.status_code == 200 and changed.json()["is_verified"] is False
     drain(app)
     [message] = smtp.sink.to("ada.new@example.com")

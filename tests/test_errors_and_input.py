@@ -219,11 +219,6 @@ def test_the_limit_follows_max_body_bytes(client: TestClient) -> None:
     assert "2048" in response.json()["detail"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 413 answers lack X-Content-Type-Options/Cache-Control: BodySizeLimitMiddleware sits "
-    "outside SecurityHeadersMiddleware",
-)
 def test_413_answers_carry_the_security_headers(client: TestClient) -> None:
     response = client.post("/auth/signup", content=padded_signup(MAX_BODY_BYTES + 1), headers=JSON)
     assert response.status_code == 413
@@ -255,11 +250,6 @@ def test_unexpected_errors_are_a_bare_500(settings: Settings) -> None:
         assert leak not in response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 500 answers lack X-Content-Type-Options/Cache-Control: Starlette's ServerErrorMiddleware "
-    "answers outside SecurityHeadersMiddleware",
-)
 def test_500_answers_carry_the_security_headers(settings: Settings) -> None:
     app = app_with_a_broken_route(settings)
     with TestClient(app, raise_server_exceptions=False) as client:

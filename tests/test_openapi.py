@@ -90,7 +90,6 @@ def test_the_signup_example_works_as_is(client: TestClient, spec: dict[str, Any]
 
 
 @pytest.mark.parametrize("settings_overrides", [{"login_max_failures": 1}])
-@pytest.mark.xfail(strict=True, reason="BUG: POST /auth/login answers 429 RATE_LIMITED but its OpenAPI lacks 429")
 def test_the_login_throttle_is_documented(client: TestClient, spec: dict[str, Any]) -> None:
     signup(client, "ada@example.com")
     client.post("/auth/login", data={"username": "ada@example.com", "password": "wrong password"})
@@ -100,7 +99,6 @@ def test_the_login_throttle_is_documented(client: TestClient, spec: dict[str, An
 
 
 @pytest.mark.parametrize("settings_overrides", [{"metrics": "token", "metrics_token": "m" * 32}])
-@pytest.mark.xfail(strict=True, reason="BUG: GET /metrics answers 401 (METRICS=token) and 404 (off) undocumented")
 def test_the_metrics_errors_are_documented(client: TestClient, spec: dict[str, Any]) -> None:
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": f"Bearer {'m' * 32}"}).status_code == 200

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from jose import jwt
 from sqlmodel import Session
 
-from auth_service.accounts import ensure_superuser
+from auth_service.accounts import create_superuser
 from auth_service.config import Settings
 from auth_service.deps import require_role
 from auth_service.permissions import BUILTIN_PERMISSIONS
@@ -202,7 +202,7 @@ def test_require_role_dependency(app: FastAPI, settings: Settings) -> None:
         assert client.get("/support-desk", headers=ada.headers).json()["code"] == "PERMISSION_DENIED"
         assert client.get("/support-desk").status_code == 401
         with Session(app.state.engine) as session:
-            ensure_superuser(session, settings, "root@example.com", "root password for tests")
+            create_superuser(session, settings, "root@example.com", "root password for tests")
         root = login(client, "root@example.com", "root password for tests")
         root_headers = {"Authorization": f"Bearer {root['access_token']}"}
         assert client.get("/support-desk", headers=root_headers).status_code == 200  # superusers pass

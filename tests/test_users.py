@@ -23,7 +23,9 @@ def test_update_me(client: TestClient, user: Account) -> None:
     assert response.json()["full_name"] == "Ada King" and response.json()["is_superuser"] is False
     assert client.patch("/users/me", json={"email": None}, headers=user.headers).status_code == 422
     register(client, "bob@example.com")
-    taken = client.patch("/users/me", json={"email": "BOB@example.com"}, headers=user.headers)
+    taken = client.patch(
+        "/users/me", json={"email": "BOB@example.com", "current_password": PASSWORD}, headers=user.headers
+    )
     assert taken.status_code == 409 and taken.json()["code"] == "EMAIL_TAKEN"
     assert client.get("/users/me", headers=user.headers).json()["email"] == user.email
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request, Response, status
 
 from auth_service import accounts, email_flows, sessions
-from auth_service.deps import CurrentPrincipal, DbSession, SettingsDep, limit_per_ip
+from auth_service.deps import CurrentPrincipal, DbSession, SettingsDep, UnverifiedPrincipal, limit_per_ip
 from auth_service.errors import AppError, ErrorCode, error_responses, not_found
 from auth_service.schemas import (
     IntrospectRequest,
@@ -58,6 +58,7 @@ def _oauth_error(status_code: int, error: str, detail: str, code: ErrorCode = Er
             "description": "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type.",
         },
         403: {"model": TokenErrorResponse, "description": "EMAIL_NOT_VERIFIED, when REQUIRE_VERIFIED_EMAIL is on."},
+        **error_responses(429),
     },
 )
 def login(
@@ -80,8 +81,8 @@ def login(
         if grant_type in (None, "", "password"):
             if not username or not password:
                 raise _oauth_error(400, "invalid_request", "username and password are required.")
-            user = accounts.authenticate(db, settings, username, password)
-            return sessions.start_session(db, settings, user)
+            check, account = accounts.authenticate(db, settings, username, password)
+            return sessions.start_session(db, settings, check, account)
         if grant_type == "refresh_token":
             if not refresh_token:
                 raise _oauth_error(400, "invalid_request", "refresh_token is required.")
@@ -95,7 +96,7 @@ def login(
         raise
 
 
-@router.post("/refresh", response_model=Token, responses=error_responses(401, 422))
+@router.post("/refresh", response_model=Token, responses=error_responses(401, 403, 422))
 def refresh(body: RefreshRequest, response: Response, db: DbSession, settings: SettingsDep) -> Token:
     """Trade a refresh token for a new pair. Each refresh token works once: a replay ends the session."""
     response.headers.update(NO_STORE)
@@ -103,13 +104,13 @@ def refresh(body: RefreshRequest, response: Response, db: DbSession, settings: S
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401))
-def logout(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
+def logout(principal: UnverifiedPrincipal, db: DbSession, settings: SettingsDep) -> None:
     """End this session: its access and refresh tokens stop working at once."""
     sessions.logout(db, settings, principal)
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401))
-def logout_all(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
+def logout_all(principal: UnverifiedPrincipal, db: DbSession, settings: SettingsDep) -> None:
     """End every session of this user, this one included."""
     sessions.logout(db, settings, principal, everywhere=True)
 
@@ -148,7 +149,7 @@ def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) ->
     responses=error_responses(401, 403, 429),
     dependencies=[Depends(limit_per_ip("mail", attrgetter("mail_ip_limit")))],
 )
-def request_verification(principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> Message:
+def request_verification(principal: UnverifiedPrincipal, db: DbSession, settings: SettingsDep) -> Message:
     """Mail a new verification link to your address (older links stop working)."""
     if principal.user.is_verified:
         return Message(detail="Your email address is already verified.")

@@ -5,14 +5,18 @@ import hmac
 from fastapi import APIRouter, Request, Response
 
 from auth_service.deps import SettingsDep
-from auth_service.errors import BEARER, AppError, ErrorCode, not_found
+from auth_service.errors import BEARER, AppError, ErrorCode, error_responses, not_found
 from auth_service.metrics import exposition
 from auth_service.outbox import backlog
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, **error_responses(401, 404)},
+)
 def metrics(request: Request, settings: SettingsDep) -> Response:
     """The Prometheus text format. With METRICS=token, send `Authorization: Bearer <METRICS_TOKEN>`."""
     mode = settings.metrics_mode

@@ -29,15 +29,14 @@ def read_me(principal: CurrentPrincipal) -> UserPublic:
     return UserPublic.model_validate(principal.user, update={"roles": principal.roles})
 
 
-@router.patch("/me", response_model=UserPublic, responses=error_responses(401, 403, 409, 422))
+@router.patch("/me", response_model=UserPublic, responses=error_responses(400, 401, 403, 409, 422, 429))
 def update_me(body: UserUpdateMe, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> UserPublic:
-    """Change your name or email; a new email must be verified again."""
-    changes = body.model_dump(exclude_unset=True)
-    changed = accounts.update_user(db, settings, principal.user, changes, actor_id=principal.user.id)
+    """Change your name, or your email with `current_password`; a new email must be verified again."""
+    changed = accounts.update_own_profile(db, settings, principal.user, body.model_dump(exclude_unset=True))
     return UserPublic.model_validate(changed, update={"roles": principal.roles})
 
 
-@router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 422))
+@router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 422, 429))
 def change_my_password(body: PasswordChange, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
     """Change your password; every other session of yours ends (this one goes on)."""
     accounts.change_password(
@@ -45,7 +44,7 @@ def change_my_password(body: PasswordChange, principal: CurrentPrincipal, db: Db
     )
 
 
-@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 422))
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 409, 422, 429))
 def delete_me(body: PasswordConfirm, user: CurrentUser, db: DbSession, settings: SettingsDep) -> None:
     """Delete your account, confirmed with your password."""
     accounts.delete_own_account(db, settings, user, body.password)
@@ -95,13 +94,9 @@ def update_user(
     db: DbSession,
     settings: SettingsDep,
 ) -> UserPublic:
-    """Change any field. Deactivating a user or setting a password ends their sessions."""
-    user = accounts.get_user(db, user_id)
-    changes = body.model_dump(exclude_unset=True)
-    accounts.check_can_manage(principal, user, changes)
-    if changes.get("is_active") is False or changes.get("is_superuser") is False:
-        accounts.check_not_self(principal, user, "deactivate or demote your own account")
-    changed = accounts.update_user(db, settings, user, changes, actor_id=principal.user.id)
+    """Change any field of an account whose permissions you all hold. Deactivating a user or
+    setting a password ends their sessions."""
+    changed = accounts.admin_update_user(db, settings, principal, user_id, body.model_dump(exclude_unset=True))
     return accounts.public_user(db, changed)
 
 
@@ -112,8 +107,5 @@ def delete_user(
     db: DbSession,
     settings: SettingsDep,
 ) -> None:
-    """Delete another user (yourself: DELETE /users/me)."""
-    user = accounts.get_user(db, user_id)
-    accounts.check_can_manage(principal, user)
-    accounts.check_not_self(principal, user, "delete your own account here; use DELETE /users/me")
-    accounts.delete_user(db, settings, user, actor_id=principal.user.id)
+    """Delete another user whose permissions you all hold (yourself: DELETE /users/me)."""
+    accounts.admin_delete_user(db, settings, principal, user_id)
