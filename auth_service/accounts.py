@@ -12,7 +12,7 @@ from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.db import release_connection
 from auth_service.email_flows import queue_verification
-from auth_service.emails import email_changed_mail, queue_mail
+from auth_service.emails import queue_mail, render_mail
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
 from auth_service.metrics import LOGINS
 from auth_service.models import User, utcnow
@@ -189,7 +189,8 @@ def update_user(
         release_connection(session)
         user.hashed_password = hash_password(settings, changes["password"])
     if new_email:
-        queue_mail(session, email_changed_mail(user.email, changes["email"]))
+        new = changes["email"]
+        queue_mail(session, render_mail(settings, "email_changed", user.email, full_name=user.full_name, new_email=new))
         user.email = changes["email"]
         user.is_verified = False
     if "password" in changes:

@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.db import release_connection
-from auth_service.emails import password_reset_mail, queue_mail, verification_mail
+from auth_service.emails import queue_mail, render_mail
 from auth_service.models import OutboxMessage, User, utcnow
 from auth_service.password_policy import check_password
 from auth_service.security import hash_password
@@ -25,11 +25,39 @@ def mail_budget(session: Session, settings: Settings, email: str) -> None:
     throttle.enforce(engine, f"mail:{email}", settings.mail_email_limit, "Too many mails to this address")
 
 
+def link(settings: Settings, url_template: str, token: str) -> str:
+    """VERIFY_EMAIL_URL or PASSWORD_RESET_URL with the public URL and the token filled in."""
+    return url_template.format(public_url=settings.public_url.rstrip("/"), token=token)
+
+
+def in_words(lifetime: timedelta) -> str:
+    """How long a link lives, as a mail says it: "1 hour", "24 hours", "90 minutes"."""
+    minutes = int(lifetime.total_seconds()) // 60
+    count, unit = (minutes // 60, "hour") if minutes % 60 == 0 else (minutes, "minute")
+    return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
+def queue_link_mail(session: Session, settings: Settings, user: User, purpose: str, lifetime: timedelta) -> None:
+    """Issue a fresh token and queue its mail (`mail/<purpose>.txt|html`) to the user's address (no commit)."""
+    token = one_time_tokens.issue(session, user, purpose, lifetime)
+    url_template = settings.verify_email_url if purpose == one_time_tokens.VERIFY_EMAIL else settings.password_reset_url
+    mail = render_mail(
+        settings,
+        purpose,
+        user.email,
+        full_name=user.full_name,
+        link=link(settings, url_template, token),
+        token=token,
+        valid_for=in_words(lifetime),
+        valid_minutes=int(lifetime.total_seconds()) // 60,
+    )
+    queue_mail(session, mail)
+
+
 def queue_verification(session: Session, settings: Settings, user: User) -> None:
-    """A fresh verification token, mailed to the user's current address (no commit)."""
+    """A fresh verification link, mailed to the user's current address (no commit)."""
     lifetime = timedelta(hours=settings.email_verify_token_hours)
-    token = one_time_tokens.issue(session, user, one_time_tokens.VERIFY_EMAIL, lifetime)
-    queue_mail(session, verification_mail(settings, user.email, token))
+    queue_link_mail(session, settings, user, one_time_tokens.VERIFY_EMAIL, lifetime)
 
 
 def verify_email(session: Session, settings: Settings, token: str) -> User:
@@ -60,8 +88,7 @@ def handle_reset_request(engine: Engine, settings: Settings, payload: dict[str, 
         if user is None or not user.is_active:
             return
         lifetime = timedelta(minutes=settings.password_reset_token_minutes)
-        token = one_time_tokens.issue(session, user, one_time_tokens.PASSWORD_RESET, lifetime)
-        queue_mail(session, password_reset_mail(settings, user.email, token))
+        queue_link_mail(session, settings, user, one_time_tokens.PASSWORD_RESET, lifetime)
         session.commit()
 
 
