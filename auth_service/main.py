@@ -19,7 +19,7 @@ from auth_service.errors import COMMON_ERRORS, error_responses, install_error_ha
 from auth_service.logs import configure_logging
 from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
 from auth_service.outbox import start_sender_thread
-from auth_service.routers import audit, auth, health, metrics, roles, users
+from auth_service.routers import audit, auth, health, metrics, pages, roles, users
 
 logger = logging.getLogger("auth_service")
 
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(metrics.router)
     app.include_router(health.router)
+    app.include_router(pages.router)
     return app
 
 
