@@ -86,6 +86,7 @@ class Settings(DatabaseSettings):
 
     product_name: str = Field(default="auth_service", min_length=1, max_length=100)
     templates_dir: DirectoryPath | None = None
+    docs_enabled: bool = True
 
     public_url: str = "http://127.0.0.1:8000"
     verify_email_url: str = "{public_url}/verify-email?token={token}"
