@@ -1,6 +1,8 @@
 """/docs and /redoc work offline: they load only our own copies of Swagger UI and ReDoc,
 which we serve; the OAuth2 Authorize flow stays wired; DOCS_ENABLED=false removes it all."""
 
+import base64
+import hashlib
 import re
 
 import pytest
@@ -27,6 +29,18 @@ def test_docs_pages_load_only_local_assets_and_those_are_served(client: TestClie
         assert asset.headers["content-type"].startswith(types[url[url.rindex(".") :]]), url
         assert asset.headers["x-content-type-options"] == "nosniff"
         assert "no-store" not in asset.headers.get("cache-control", "")  # cacheable, unlike API answers
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+def test_docs_pages_allow_only_our_scripts_and_images(client: TestClient, path: str) -> None:
+    page = client.get(path)
+    policy = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
+    assert policy["img-src"] == "'self' data:"  # ReDoc's sidebar logo would come from its CDN
+    inline = re.findall(r"<script>(.*?)</script>", page.text, re.S)
+    hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline]
+    assert policy["script-src"].split() == ["'self'", *hashes]
+    assert "unsafe" not in policy["script-src"]
 
 
 def test_swagger_ui_keeps_authorization_and_the_oauth2_redirect(client: TestClient) -> None:
