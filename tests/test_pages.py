@@ -6,6 +6,7 @@ import base64
 import hashlib
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +17,19 @@ from sqlmodel import Session, select
 
 from auth_service.config import Settings
 from auth_service.email_flows import handle_reset_request
+from auth_service.main import create_app
 from auth_service.models import OneTimeToken, utcnow
-from tests.conftest import PASSWORD, Account, login, mailed_token, queued_mails
+from auth_service.pages import csp_hash
+from tests.conftest import (
+    PASSWORD,
+    Account,
+    clear_database,
+    login,
+    mailed_token,
+    make_settings,
+    queued_mails,
+    signup,
+)
 
 NEW_PASSWORD = "a brand new long password"
 
@@ -229,3 +241,22 @@ def test_pages_name_the_product_escaped(client: TestClient, app: FastAPI, user: 
     page = client.get("/verify-email", params={"token": verification_token(app, user.email)})
     is_page(page, 200, "<title>Confirm your email address – Acme &lt;Login&gt; &amp; Co</title>")
     assert "<Login>" not in page.text
+
+
+def test_templates_dir_restyles_the_pages_and_the_csp_follows(tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "pages").mkdir()
+    css = "body { background: #fffbe6; }\n"
+    (tmp_path / "pages" / "style.css").write_text(css)
+    (tmp_path / "pages" / "link_invalid.html").write_text(
+        '{% extends "pages/_layout.html" %}{% block heading %}Dieser Link geht nicht{% endblock %}'
+    )
+    app = create_app(make_settings(database_url, templates_dir=tmp_path))
+    clear_database(app.state.engine)
+    with TestClient(app) as client:
+        page = client.get("/verify-email", params={"token": "nope"})
+        is_page(page, 400, "<h1>Dieser Link geht nicht</h1>", f"<style>{css}</style>")
+        assert csp_hash(css) in page.headers["content-security-policy"]
+        signup(client, "ada@example.com")
+        form = client.get("/verify-email", params={"token": verification_token(app, "ada@example.com")})
+        is_page(form, 200, "Confirm my email address", f"<style>{css}</style>")  # the package's page, our style
+    app.state.engine.dispose()
