@@ -13,7 +13,7 @@ from auth_service.config import Settings
 from auth_service.credentials import PasswordCheck, invalid_current_password
 from auth_service.db import release_connection, unicode_lower
 from auth_service.email_flows import mail_budget, queue_verification
-from auth_service.emails import email_changed_mail, queue_mail
+from auth_service.emails import queue_mail, render_mail
 from auth_service.errors import AppError, ErrorCode, email_not_verified, not_found, permission_denied
 from auth_service.locks import lock_active_superusers, lock_user
 from auth_service.models import User, utcnow
@@ -239,7 +239,8 @@ def _apply(
     now = utcnow()
     new_email = "email" in changes and changes["email"] != user.email
     if new_email:
-        queue_mail(session, email_changed_mail(user.email, changes["email"]))
+        new = changes["email"]
+        queue_mail(session, render_mail(settings, "email_changed", user.email, full_name=user.full_name, new_email=new))
         user.email = changes["email"]
         user.is_verified = False
     if new_hash is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, DirectoryPath, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -84,6 +84,10 @@ class Settings(DatabaseSettings):
     argon2_parallelism: int = Field(default=4, ge=1)
     hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
     hash_queue_limit: int = Field(default=64, ge=1)
+
+    product_name: str = Field(default="auth_service", min_length=1, max_length=100)
+    templates_dir: DirectoryPath | None = None
+    docs_enabled: bool = True
 
     public_url: str = "http://127.0.0.1:8000"
     verify_email_url: str = "{public_url}/verify-email?token={token}"

@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 from auth_service import audit, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.db import release_connection
-from auth_service.emails import password_reset_mail, queue_mail, verification_mail
+from auth_service.emails import queue_mail, render_mail
 from auth_service.errors import AppError, ErrorCode
 from auth_service.locks import lock_user
 from auth_service.models import OutboxMessage, User, utcnow
@@ -29,11 +29,39 @@ def mail_budget(session: Session, settings: Settings, email: str) -> None:
     throttle.enforce(engine, f"mail:{email}", settings.mail_email_limit, "Too many mails to this address")
 
 
+def link(settings: Settings, url_template: str, token: str) -> str:
+    """VERIFY_EMAIL_URL or PASSWORD_RESET_URL with the public URL and the token filled in."""
+    return url_template.format(public_url=settings.public_url.rstrip("/"), token=token)
+
+
+def in_words(lifetime: timedelta) -> str:
+    """How long a link lives, as a mail says it: "1 hour", "24 hours", "90 minutes"."""
+    minutes = int(lifetime.total_seconds()) // 60
+    count, unit = (minutes // 60, "hour") if minutes % 60 == 0 else (minutes, "minute")
+    return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
+def queue_link_mail(session: Session, settings: Settings, user: User, purpose: str, lifetime: timedelta) -> None:
+    """Issue a fresh token and queue its mail (`mail/<purpose>.txt|html`) to the user's address (no commit)."""
+    token = one_time_tokens.issue(session, user, purpose, lifetime)
+    url_template = settings.verify_email_url if purpose == one_time_tokens.VERIFY_EMAIL else settings.password_reset_url
+    mail = render_mail(
+        settings,
+        purpose,
+        user.email,
+        full_name=user.full_name,
+        link=link(settings, url_template, token),
+        token=token,
+        valid_for=in_words(lifetime),
+        valid_minutes=int(lifetime.total_seconds()) // 60,
+    )
+    queue_mail(session, mail)
+
+
 def queue_verification(session: Session, settings: Settings, user: User) -> None:
-    """A fresh verification token, mailed to the user's current address (no commit)."""
+    """A fresh verification link, mailed to the user's current address (no commit)."""
     lifetime = timedelta(hours=settings.email_verify_token_hours)
-    token = one_time_tokens.issue(session, user, one_time_tokens.VERIFY_EMAIL, lifetime)
-    queue_mail(session, verification_mail(settings, user.email, token))
+    queue_link_mail(session, settings, user, one_time_tokens.VERIFY_EMAIL, lifetime)
 
 
 def verify_email(session: Session, settings: Settings, token: str) -> User:
@@ -67,8 +95,7 @@ def handle_reset_request(engine: Engine, settings: Settings, payload: dict[str, 
             user = session.exec(select(User).where(col(User.email) == payload["email"])).first()
             if user is not None and user.is_active:
                 lifetime = timedelta(minutes=settings.password_reset_token_minutes)
-                token = one_time_tokens.issue(session, user, one_time_tokens.PASSWORD_RESET, lifetime)
-                queue_mail(session, password_reset_mail(settings, user.email, token))
+                queue_link_mail(session, settings, user, one_time_tokens.PASSWORD_RESET, lifetime)
             subject = user.id if user else None
             details = {"email": payload["email"]}
             audit.record(session, settings, "password.reset_requested", subject_id=subject, details=details)
@@ -83,11 +110,11 @@ def reset_password(session: Session, settings: Settings, token: str, new_passwor
     check_password(settings, new_password, user.email)
     release_connection(session)  # no lock or connection held while hashing
     new_hash = hash_password(settings, new_password)
-    one_time_tokens.spend(session, row)
-    user = lock_user(session, user.id)
+    user = lock_user(session, user.id)  # first, as every change to an account locks it first
     if user.email != row.email:  # the address changed while we hashed: the link is void
         session.rollback()
         raise AppError(400, ErrorCode.INVALID_TOKEN, one_time_tokens.INVALID)
+    one_time_tokens.spend(session, row)
     user.hashed_password = new_hash
     user.credentials_version += 1  # a login checking the old password cannot commit now
     user.is_verified = True

@@ -1,10 +1,10 @@
-"""Mail: the messages we send, and the backends that send them (console, smtp).
+"""Mail: the messages we send (Jinja2 templates, see templating.py), and the backends
+that send them (console, smtp).
 
 Nothing here sends during a request: `queue_mail` writes the message to the outbox in
 the caller's transaction, and `outbox.py` delivers it after commit, retrying on failure.
 """
 
-import html
 import logging
 import smtplib
 import ssl
@@ -15,12 +15,14 @@ from typing import Any
 
 from sqlmodel import Session
 
+from auth_service import templating
 from auth_service.config import Settings
 from auth_service.models import OutboxMessage
 
 logger = logging.getLogger(__name__)
 
 MAIL = "email"
+SUBJECT = "Subject:"
 
 
 @dataclass(frozen=True)
@@ -31,45 +33,22 @@ class Mail:
     html: str
 
 
-def _render(to: str, subject: str, intro: str, link: str, token: str, validity: str) -> Mail:
-    text = (
-        f"{intro}\n\n{link}\n\nThe link works once and expires in {validity}.\n"
-        f"If your application asks for a code, use: {token}\n\n"
-        "If you did not ask for this, you can ignore this message.\n"
-    )
-    body = (
-        f"<p>{html.escape(intro)}</p>"
-        f'<p><a href="{html.escape(link)}">{html.escape(link)}</a></p>'
-        f"<p>The link works once and expires in {validity}.</p>"
-        "<p>If you did not ask for this, you can ignore this message.</p>"
-    )
-    return Mail(to=to, subject=subject, text=text, html=body)
+def render_mail(settings: Settings, name: str, to: str, /, **context: Any) -> Mail:
+    """Render the template pair `mail/<name>.txt` and `mail/<name>.html` into a Mail.
 
-
-def verification_mail(settings: Settings, to: str, token: str) -> Mail:
-    link = settings.verify_email_url.format(public_url=settings.public_url.rstrip("/"), token=token)
-    validity = f"{settings.email_verify_token_hours} hours"
-    return _render(
-        to, "Confirm your email address", "Confirm your email address by opening this link:", link, token, validity
-    )
-
-
-def password_reset_mail(settings: Settings, to: str, token: str) -> Mail:
-    link = settings.password_reset_url.format(public_url=settings.public_url.rstrip("/"), token=token)
-    validity = f"{settings.password_reset_token_minutes} minutes"
-    intro = "Choose a new password by opening this link:"
-    return _render(to, "Reset your password", intro, link, token, validity)
-
-
-def email_changed_mail(old: str, new: str) -> Mail:
-    """To the old address: if this was not its owner, they learn at once (no link, no token)."""
-    text = (
-        f"The email address of your account was changed to {new}.\n\n"
-        "If you did not do this, contact your administrator right away: someone else may be "
-        "using your account.\n"
-    )
-    body = f"<p>{html.escape(text.splitlines()[0])}</p><p>{html.escape(text.splitlines()[2])}</p>"
-    return Mail(to=old, subject="Your email address was changed", text=text, html=body)
+    The text template starts with a `Subject:` line and a blank line. Both templates get
+    `product_name`, `public_url` and `to` beside `context`; the HTML one also `subject`.
+    Adding a mail is two template files and one call.
+    """
+    env = templating.environment(settings.templates_dir)
+    values = {"product_name": settings.product_name, "public_url": settings.public_url.rstrip("/"), "to": to}
+    values.update(context)
+    head, _, text = env.get_template(f"mail/{name}.txt").render(values).partition("\n")
+    if not head.startswith(SUBJECT):
+        raise ValueError(f"mail/{name}.txt must start with a '{SUBJECT}' line")
+    subject = " ".join(head.removeprefix(SUBJECT).split())  # one line, whatever the data held
+    html = env.get_template(f"mail/{name}.html").render(values, subject=subject)
+    return Mail(to=to, subject=subject, text=text.lstrip("\n"), html=html)
 
 
 def queue_mail(session: Session, mail: Mail) -> None:

@@ -18,7 +18,7 @@ from auth_service.errors import COMMON_ERRORS, error_responses, install_error_ha
 from auth_service.logs import configure_logging
 from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
 from auth_service.outbox import start_sender_thread
-from auth_service.routers import audit, auth, health, metrics, roles, users
+from auth_service.routers import audit, auth, docs, health, metrics, pages, roles, users
 from auth_service.schemas import normalize_email
 
 logger = logging.getLogger("auth_service")
@@ -48,10 +48,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(
-        title="auth_service",
+        title=settings.product_name,
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Our own /docs and /redoc (routers/docs.py) serve Swagger UI and ReDoc without a CDN.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        swagger_ui_oauth2_redirect_url="/docs/oauth2-redirect",
         swagger_ui_parameters={"persistAuthorization": True},
         responses=error_responses(*COMMON_ERRORS),
     )
@@ -77,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(metrics.router)
     app.include_router(health.router)
+    app.include_router(pages.router)
+    if settings.docs_enabled:
+        docs.install(app)
     return app
 
 

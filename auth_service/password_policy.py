@@ -46,8 +46,16 @@ def password_problems(settings: Settings, password: str, email: str | None = Non
     return problems
 
 
+class WeakPassword(AppError):
+    """422 WEAK_PASSWORD; `problems` keeps the reasons apart, for a page to list them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(422, ErrorCode.WEAK_PASSWORD, " ".join(problems))
+        self.problems = problems
+
+
 def check_password(settings: Settings, password: str, email: str | None = None) -> None:
-    """Raise 422 WEAK_PASSWORD listing every problem, or return quietly."""
+    """Raise WeakPassword listing every problem, or return quietly."""
     problems = password_problems(settings, password, email)
     if problems:
-        raise AppError(422, ErrorCode.WEAK_PASSWORD, " ".join(problems))
+        raise WeakPassword(problems)

@@ -6,6 +6,7 @@ it is set and cannot be reached, the run fails: CI must never skip PostgreSQL qu
 """
 
 import os
+import re
 import socket
 import threading
 import time
@@ -21,12 +22,13 @@ from alembic.config import Config
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from auth_service.accounts import create_superuser
 from auth_service.config import Settings
+from auth_service.emails import MAIL
 from auth_service.main import create_app
-from auth_service.models import Role, metadata
+from auth_service.models import OutboxMessage, Role, metadata
 from auth_service.permissions import BUILTIN_PERMISSIONS
 from tests.support import TEST_SECRET, free_port, fresh_postgres_database, service_env, wait_until_healthy
 
@@ -212,3 +214,22 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
     server.should_exit = True
     thread.join(timeout=10)
     sock.close()
+
+
+# --- mail in the outbox ----------------------------------------------------------------
+
+
+def queued_mails(app: FastAPI, to: str) -> list[dict[str, Any]]:
+    """The mails to one address waiting in the outbox (not yet delivered), oldest first."""
+    with Session(app.state.engine) as session:
+        rows = session.exec(
+            select(OutboxMessage).where(col(OutboxMessage.kind) == MAIL).order_by(col(OutboxMessage.created_at))
+        ).all()
+    return [row.payload for row in rows if row.payload["to"] == to]
+
+
+def mailed_token(mail: dict[str, Any]) -> str:
+    """The token of the link in a mail's text."""
+    match = re.search(r"token=([A-Za-z0-9_-]+)", mail["text"])
+    assert match, mail["text"]
+    return match.group(1)
