@@ -18,10 +18,11 @@ from auth_service.errors import AppError, ErrorCode, email_not_verified, not_fou
 from auth_service.locks import lock_active_superusers, lock_user
 from auth_service.models import User, utcnow
 from auth_service.password_policy import MAX_PASSWORD_LENGTH, check_password
+from auth_service.principals import Principal
 from auth_service.roles import granted_permissions, role_names
 from auth_service.schemas import UserPublic, normalize_email
 from auth_service.security import hash_password
-from auth_service.sessions import Principal, find_account, revoke_user_sessions
+from auth_service.sessions import find_account, revoke_user_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def check_can_manage(session: Session, actor: Principal, target: User, changes: 
     """users:write and users:delete are not a way up: a non-superuser may change or delete
     another account only if they hold every permission it holds (the rule role grants
     follow too), and only a superuser may touch a superuser or make one."""
-    if actor.user.is_superuser:
+    if actor.is_superuser:
         return
     if target.is_superuser or (changes or {}).get("is_superuser"):
         raise permission_denied("Only a superuser can change or create a superuser.")
@@ -95,7 +96,7 @@ def check_can_manage(session: Session, actor: Principal, target: User, changes: 
 
 def check_not_self(actor: Principal, target: User, action: str) -> None:
     """Admins cannot lock themselves out by accident."""
-    if target.id == actor.user.id:
+    if target.id == actor.id:
         raise AppError(409, ErrorCode.CONFLICT, f"You cannot {action}.")
 
 
@@ -184,7 +185,7 @@ def admin_update_user(
     keep_a_superuser(session, user, removing=removes_superuser)
     user = lock_user(session, user_id)
     check_can_manage(session, actor, user, changes)
-    return _apply(session, settings, user, changes, new_hash, actor_id=actor.user.id)
+    return _apply(session, settings, user, changes, new_hash, actor_id=actor.id)
 
 
 def update_own_profile(session: Session, settings: Settings, user: User, changes: dict[str, Any]) -> User:
@@ -301,7 +302,7 @@ def admin_delete_user(session: Session, settings: Settings, actor: Principal, us
     keep_a_superuser(session, user, removing=True)
     user = lock_user(session, user_id)
     check_can_manage(session, actor, user)
-    delete_user(session, settings, user, actor_id=actor.user.id)
+    delete_user(session, settings, user, actor_id=actor.id)
 
 
 def delete_user(session: Session, settings: Settings, user: User, *, actor_id: uuid.UUID) -> None:

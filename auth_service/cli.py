@@ -11,7 +11,7 @@ import threading
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
-from auth_service import one_time_tokens, throttle
+from auth_service import clients, one_time_tokens, signing_keys, throttle
 from auth_service.accounts import create_superuser, find_user_by_email, promote_to_superuser
 from auth_service.audit import prune_events
 from auth_service.config import Settings
@@ -19,7 +19,8 @@ from auth_service.db import make_engine, new_session
 from auth_service.models import Role, UserRole
 from auth_service.outbox import deliver_due, prune_delivered, run_sender
 from auth_service.password_policy import password_problems
-from auth_service.schemas import normalize_email
+from auth_service.schemas import ClientCreate, normalize_email
+from auth_service.security import ASYMMETRIC
 from auth_service.sessions import prune_sessions
 
 ADMIN_PASSWORD_ENV = "ADMIN_PASSWORD"
@@ -79,6 +80,31 @@ def grant_role(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def rotate_signing_key(settings: Settings, args: argparse.Namespace) -> int:
+    """Make a new signing key current; the old one verifies until its tokens expire."""
+    if settings.jwt_algorithm not in ASYMMETRIC:
+        raise SystemExit(
+            f"error: JWT_ALGORITHM={settings.jwt_algorithm} signs with SECRET_KEY; there is no key to rotate"
+        )
+    kid, previous = signing_keys.rotate(make_engine(settings.database_url), settings, expire_previous_now=args.now)
+    print(f"signing with {kid}")
+    if previous is not None and previous.expires_at is not None:
+        print(f"{previous.kid} verifies until {previous.expires_at.isoformat()}; `prune` deletes it after that")
+    return 0
+
+
+def create_client(settings: Settings, args: argparse.Namespace) -> int:
+    """Create a service client; prints its id and secret (the secret is not kept)."""
+    permissions = [p for p in (args.permissions or "").replace(",", " ").split() if p]
+    body = ClientCreate.model_validate({"name": args.name, "permissions": permissions})
+    with new_session(make_engine(settings.database_url)) as session:
+        client, secret = clients.create_client(
+            session, settings, name=body.name, permissions=body.permissions, actor=None
+        )
+    print(f"client_id={client.client_id}\nclient_secret={secret}")
+    return 0
+
+
 def send_mail(settings: Settings, args: argparse.Namespace) -> int:
     """Deliver the outbox from a separate process (set OUTBOX_WORKER=false on the app to leave it all here)."""
     engine = make_engine(settings.database_url)
@@ -102,6 +128,7 @@ def prune(settings: Settings, args: argparse.Namespace) -> int:
             "delivered outbox messages": prune_delivered(session),
             "one-time tokens": one_time_tokens.prune(session),
             "rate-limit counters": throttle.prune(engine),
+            "retired signing keys": signing_keys.prune(engine),
         }
     print("pruned " + ", ".join(f"{count} {what}" for what, count in counts.items()))
     return 0
@@ -127,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     sender.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
     sender.set_defaults(run=send_mail)
     commands.add_parser("prune", help=prune.__doc__).set_defaults(run=prune)
+    rotate = commands.add_parser("rotate-signing-key", help=rotate_signing_key.__doc__)
+    rotate.add_argument("--now", action="store_true", help="the old key stops verifying at once (it leaked)")
+    rotate.set_defaults(run=rotate_signing_key)
+    client = commands.add_parser("create-client", help=create_client.__doc__)
+    client.add_argument("--name", required=True)
+    client.add_argument("--permissions", help="comma- or space-separated, e.g. users:read,audit:read")
+    client.set_defaults(run=create_client)
     args = parser.parse_args(argv)
     try:
         return int(args.run(Settings(), args))

@@ -64,14 +64,16 @@ class Settings(DatabaseSettings):
     environment: Literal["development", "production", "test"] = "development"
     secret_key: SecretStr | None = None
 
-    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_algorithm: Literal["ES256", "RS256", "HS256", "HS384", "HS512"] = "ES256"
     jwt_issuer: str = "auth_service"
     jwt_audience: str = "auth_service"
     access_token_expire_minutes: int = Field(default=30, ge=1)
     refresh_token_expire_days: int = Field(default=7, ge=1)
+    refresh_reuse_grace_seconds: int = Field(default=0, ge=0, le=300)
     session_max_days: int = Field(default=30, ge=1)
     session_retention_days: int = Field(default=30, ge=0)
 
+    introspection_requires_client: bool = True
     allow_signup: bool = True
     require_verified_email: bool = False
 

@@ -1,28 +1,26 @@
 """Request dependencies: settings, database session, the caller, permission checks."""
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 from sqlmodel import Session
 
-from auth_service import throttle
+from auth_service import principals, throttle
 from auth_service.config import Limit, Settings
 from auth_service.db import new_session
-from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode, email_not_verified, permission_denied
-from auth_service.models import User
-from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
-from auth_service.sessions import Principal, load_principal
+from auth_service.errors import email_not_verified, permission_denied
+from auth_service.principals import Principal
 
 oauth2_scheme = OAuth2PasswordBearer(
     tokenUrl="/auth/login", auto_error=False, description="Log in with your email as the username."
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -34,60 +32,48 @@ def get_db(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DbSession = Annotated[Session, Depends(get_db)]
+Token = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-def _authenticate(token: str | None, db: Session, settings: Settings) -> Principal:
-    """Verify the bearer token, then, in one query, that its user and session are live."""
-    if not token:
-        raise AppError(401, ErrorCode.NOT_AUTHENTICATED, "Not authenticated.", headers=BEARER)
-    try:
-        claims = decode_access_token(settings, token)
-    except TokenExpired:
-        raise AppError(401, ErrorCode.TOKEN_EXPIRED, "The access token has expired.", headers=BEARER_INVALID) from None
-    except TokenInvalid:
-        raise AppError(401, ErrorCode.INVALID_TOKEN, "The access token is invalid.", headers=BEARER_INVALID) from None
-    principal = load_principal(db, uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
-    if principal is None:
-        raise AppError(401, ErrorCode.INVALID_TOKEN, "The session has ended; log in again.", headers=BEARER_INVALID)
-    if not principal.user.is_active:
-        raise AppError(403, ErrorCode.INACTIVE_USER, "This account is deactivated.")
-    return principal
+async def _authenticate(request: Request, token: str | None) -> Principal:
+    """The token checked and its principal loaded in one trip to the thread pool: the
+    only blocking work of an authenticated request that needs nothing else."""
+    state = request.app.state
+    return await run_in_threadpool(principals.authenticate, state.engine, state.settings, token)
 
 
-def get_principal(
-    token: Annotated[str | None, Depends(oauth2_scheme)], db: DbSession, settings: SettingsDep
-) -> Principal:
-    """The caller, if their token, session and account are live, and (with
-    REQUIRE_VERIFIED_EMAIL) their address verified."""
-    principal = _authenticate(token, db, settings)
-    if settings.require_verified_email and not principal.user.is_verified:
+async def get_principal(request: Request, token: Token) -> Principal:
+    """The caller, user or service client, if their token and what it names are live,
+    and (with REQUIRE_VERIFIED_EMAIL) a user's address verified."""
+    principal = await _authenticate(request, token)
+    account = principal.account
+    if account is not None and request.app.state.settings.require_verified_email and not account.is_verified:
         raise email_not_verified()
     return principal
 
 
-def get_unverified_principal(
-    token: Annotated[str | None, Depends(oauth2_scheme)], db: DbSession, settings: SettingsDep
-) -> Principal:
-    """The caller, verified address or not: for the few calls an unverified account needs
-    even under REQUIRE_VERIFIED_EMAIL (asking for a new verification mail, logging out)."""
-    return _authenticate(token, db, settings)
+async def get_user_principal(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """A user, not a service client: for the calls about one's own account."""
+    if principal.account is None:
+        raise permission_denied("This is for users; a service client has no account here.")
+    return principal
+
+
+async def get_unverified_user_principal(request: Request, token: Token) -> Principal:
+    """A user, verified address or not: for the few calls an unverified account needs even
+    under REQUIRE_VERIFIED_EMAIL (asking for a new verification mail, logging out)."""
+    return await get_user_principal(await _authenticate(request, token))
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
-UnverifiedPrincipal = Annotated[Principal, Depends(get_unverified_principal)]
+UserPrincipal = Annotated[Principal, Depends(get_user_principal)]
+UnverifiedPrincipal = Annotated[Principal, Depends(get_unverified_user_principal)]
 
 
-def get_current_user(principal: CurrentPrincipal) -> User:
-    return principal.user
-
-
-CurrentUser = Annotated[User, Depends(get_current_user)]
-
-
-def require_permission(*permissions: str) -> Callable[[Principal], Principal]:
+def require_permission(*permissions: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     """A dependency that lets the call through only if the caller holds every permission."""
 
-    def check(principal: CurrentPrincipal) -> Principal:
+    async def check(principal: CurrentPrincipal) -> Principal:
         missing = [p for p in permissions if not principal.can(p)]
         if missing:
             raise permission_denied(f"This requires the permission {', '.join(missing)}.")
@@ -126,12 +112,12 @@ def page(
 PageDep = Annotated[Page, Depends(page)]
 
 
-def require_role(*roles: str) -> Callable[[Principal], Principal]:
+def require_role(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     """A dependency that lets the call through only if the caller holds every role (superusers pass)."""
 
-    def check(principal: CurrentPrincipal) -> Principal:
+    async def check(principal: CurrentPrincipal) -> Principal:
         missing = [r for r in roles if r not in principal.roles]
-        if missing and not principal.user.is_superuser:
+        if missing and not principal.is_superuser:
             raise permission_denied(f"This requires the role {', '.join(missing)}.")
         return principal
 

@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from auth_service import __version__
+from auth_service import __version__, signing_keys
 from auth_service.accounts import create_superuser, find_user_by_email
 from auth_service.config import Settings
 from auth_service.db import make_engine, new_session
@@ -18,7 +18,7 @@ from auth_service.errors import COMMON_ERRORS, error_responses, install_error_ha
 from auth_service.logs import configure_logging
 from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
 from auth_service.outbox import start_sender_thread
-from auth_service.routers import audit, auth, docs, health, metrics, pages, roles, users
+from auth_service.routers import audit, auth, clients, docs, health, metrics, pages, roles, users, well_known
 from auth_service.schemas import normalize_email
 
 logger = logging.getLogger("auth_service")
@@ -41,6 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for warning in settings.warnings():
             logger.warning("%s", warning)
         create_first_superuser(settings, app)
+        try:
+            signing_keys.ensure_current(engine, settings)
+        except SQLAlchemyError:  # the database is down: made on first use instead
+            logger.warning("could not check the signing key at start-up: the database is unavailable")
         stop_sender = start_sender_thread(engine, settings) if settings.outbox_worker else None
         yield
         if stop_sender:
@@ -83,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(health.router)
     app.include_router(pages.router)
+    app.include_router(clients.router)
+    app.include_router(well_known.router)
     if settings.docs_enabled:
         docs.install(app)
     return app

@@ -21,7 +21,9 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
-DOCS_PREFIXES = ("/docs", "/redoc", "/openapi.json")
+# Public, the same for everyone, and meant to be cached: the docs, and the keys and metadata
+# other services fetch (those routes set their own Cache-Control).
+CACHEABLE_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/static/", "/.well-known/")
 
 
 class _TooLarge(HTTPException):
@@ -77,7 +79,7 @@ class BodySizeLimitMiddleware:
 
 
 class SecurityHeadersMiddleware:
-    """nosniff everywhere; no-store on everything but the docs, since answers carry tokens and user data."""
+    """nosniff everywhere; no-store on all but the public, cacheable paths: answers carry tokens and user data."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -86,14 +88,14 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_docs = scope["path"].startswith(DOCS_PREFIXES)
+        cacheable = scope["path"].startswith(CACHEABLE_PREFIXES)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("X-Content-Type-Options", "nosniff")
                 headers.setdefault("Referrer-Policy", "no-referrer")
-                if not is_docs:
+                if not cacheable:
                     headers["Cache-Control"] = "no-store"
             await send(message)
 

@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Dialect, Integer, MetaData
+from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Dialect, Integer, MetaData, Text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -96,6 +96,8 @@ class RefreshToken(SQLModel, table=True):
     token_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = timestamp(default_factory=utcnow)
     used_at: datetime | None = timestamp(default=None, nullable=True)
+    # With REFRESH_REUSE_GRACE_SECONDS: the pair this token was rotated into, sealed.
+    successor: str | None = Field(default=None, sa_type=Text, nullable=True)
 
 
 class Role(SQLModel, table=True):
@@ -175,3 +177,38 @@ class RateLimit(SQLModel, table=True):
     window_start: datetime = timestamp()
     count: int = 0
     locked_until: datetime | None = timestamp(default=None, nullable=True)
+
+
+class SigningKey(SQLModel, table=True):
+    """A key pair that signs access tokens. Exactly one is `current` (it signs); the ones
+    rotated out keep verifying, and stay published, until `expires_at`, when every token
+    they signed has expired. The private key is sealed with a key derived from SECRET_KEY."""
+
+    __tablename__ = "signing_key"
+
+    kid: str = Field(max_length=64, primary_key=True)  # the RFC 7638 thumbprint of the public key
+    algorithm: str = Field(max_length=8)
+    public_jwk: dict[str, Any] = Field(sa_type=JSON)
+    private_key: str = Field(sa_type=Text)
+    current: bool | None = Field(default=True, unique=True)  # True, or NULL: at most one current key
+    created_at: datetime = timestamp(default_factory=utcnow)
+    retired_at: datetime | None = timestamp(default=None, nullable=True)
+    expires_at: datetime | None = timestamp(default=None, nullable=True)
+
+
+class Client(SQLModel, table=True):
+    """A service that authenticates as itself (client credentials), not as a person."""
+
+    __tablename__ = "client"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    client_id: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=255)
+    secret_hash: str = Field(max_length=64)  # SHA-256: the secret is 256 random bits, not a password
+    permissions: list[str] = Field(default_factory=list, sa_type=JSON)
+    is_active: bool = True
+    # Its tokens name it (`sid`): a new secret gets a new generation, which ends the old tokens.
+    token_generation: uuid.UUID = Field(default_factory=uuid.uuid4)
+    created_at: datetime = timestamp(default_factory=utcnow)
+    updated_at: datetime = timestamp(default_factory=utcnow)
+    last_used_at: datetime | None = timestamp(default=None, nullable=True)

@@ -18,7 +18,7 @@ from auth_service.config import Settings
 from auth_service.errors import AppError, ErrorCode, not_found, permission_denied
 from auth_service.locks import lock_user
 from auth_service.models import Role, User, UserRole, utcnow
-from auth_service.sessions import Principal
+from auth_service.principals import Principal
 
 
 def role_conflict(name: str) -> AppError:
@@ -83,7 +83,7 @@ def create_role(
     role = Role(name=name, description=description, permissions=sorted(set(permissions)))
     session.add(role)
     details = {"role": name, "permissions": role.permissions}
-    audit.record(session, settings, "role.created", actor_id=actor.user.id, details=details)
+    audit.record(session, settings, "role.created", actor_id=actor.id, details=details)
     _commit_unique_name(session, name)
     session.refresh(role)
     return role
@@ -106,7 +106,7 @@ def update_role(session: Session, settings: Settings, actor: Principal, role: Ro
     role.updated_at = utcnow()
     session.add(role)
     details = {"role": previous_name, "fields": sorted(changes), "name": role.name, "permissions": role.permissions}
-    audit.record(session, settings, "role.updated", actor_id=actor.user.id, details=details)
+    audit.record(session, settings, "role.updated", actor_id=actor.id, details=details)
     _commit_unique_name(session, role.name)
     session.refresh(role)
     return role
@@ -116,7 +116,7 @@ def delete_role(session: Session, settings: Settings, actor: Principal, role: Ro
     """Holders lose it with it (the link rows cascade)."""
     check_holds_role(actor, role)
     check_not_builtin(role, "deleted")
-    audit.record(session, settings, "role.deleted", actor_id=actor.user.id, details={"role": role.name})
+    audit.record(session, settings, "role.deleted", actor_id=actor.id, details={"role": role.name})
     session.delete(role)
     session.commit()
 
@@ -132,9 +132,7 @@ def assign_role(session: Session, settings: Settings, actor: Principal, user: Us
         session.rollback()
         return
     session.add(UserRole(user_id=user.id, role_id=role.id))
-    audit.record(
-        session, settings, "role.assigned", actor_id=actor.user.id, subject_id=user.id, details={"role": role.name}
-    )
+    audit.record(session, settings, "role.assigned", actor_id=actor.id, subject_id=user.id, details={"role": role.name})
     try:
         session.commit()
     except IntegrityError:  # assigned concurrently: the outcome is the same
@@ -148,7 +146,7 @@ def remove_role(session: Session, settings: Settings, actor: Principal, user: Us
     if link is not None:
         session.delete(link)
         details = {"role": role.name}
-        audit.record(session, settings, "role.removed", actor_id=actor.user.id, subject_id=user.id, details=details)
+        audit.record(session, settings, "role.removed", actor_id=actor.id, subject_id=user.id, details=details)
         session.commit()
 
 

@@ -180,7 +180,8 @@ class Token(SQLModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int = Field(description="Seconds until the access token expires.")
-    refresh_token: str
+    refresh_token: str | None = Field(default=None, description="Absent for client credentials.")
+    scope: str | None = Field(default=None, description="For client credentials: the permissions granted.")
 
 
 class RefreshRequest(SQLModel):
@@ -202,8 +203,13 @@ class SessionsPublic(SQLModel):
     count: int
 
 
-class IntrospectRequest(SQLModel):
+class TokenForm(SQLModel):
+    """The body of introspection (RFC 7662) and revocation (RFC 7009), form or JSON."""
+
     token: Annotated[str, StringConstraints(max_length=8192)]
+    token_type_hint: Annotated[str, StringConstraints(max_length=64)] | None = None
+    client_id: Annotated[str, StringConstraints(max_length=255)] | None = None
+    client_secret: Annotated[str, StringConstraints(max_length=255)] | None = None
 
 
 class IntrospectResponse(SQLModel):
@@ -211,8 +217,10 @@ class IntrospectResponse(SQLModel):
 
     active: bool
     sub: str | None = None
+    client_id: str | None = Field(default=None, description="For a service client's token.")
     username: str | None = None
     email: str | None = None
+    email_verified: bool | None = None
     exp: int | None = None
     iat: int | None = None
     iss: str | None = None
@@ -223,6 +231,41 @@ class IntrospectResponse(SQLModel):
     scope: str | None = None
     roles: list[str] | None = None
     permissions: list[str] | None = None
+
+
+# --- service clients ---------------------------------------------------------------------
+
+ClientName = Annotated[Text, StringConstraints(min_length=1)]
+
+
+class ClientCreate(SQLModel):
+    name: ClientName = Field(schema_extra={"examples": ["billing service"]})
+    permissions: Permissions = Field(default=[], schema_extra={"examples": [["users:read"]]})
+
+
+class ClientUpdate(SQLModel):
+    name: ClientName = Field(default=None)
+    permissions: Permissions = Field(default=None)
+    is_active: bool = Field(default=None)
+
+
+class ClientPublic(SQLModel):
+    client_id: str
+    name: str
+    permissions: list[str]
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+    last_used_at: datetime | None
+
+
+class ClientWithSecret(ClientPublic):
+    client_secret: str = Field(description="Shown once: only its hash is kept.")
+
+
+class ClientsPublic(SQLModel):
+    data: list[ClientPublic]
+    count: int
 
 
 # --- email verification and password reset --------------------------------------------

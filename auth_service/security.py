@@ -1,18 +1,23 @@
 """Password hashing, access-token JWTs, and random one-time secrets with their digests."""
 
+import base64
 import hashlib
 import secrets
 import threading
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jose import ExpiredSignatureError, JOSEError, jwt
+from jose.backends.base import Key
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
@@ -115,31 +120,35 @@ def _dummy_hash_for(time_cost: int, memory_cost: int, parallelism: int) -> str:
 
 # --- access tokens ---------------------------------------------------------------------
 
+ASYMMETRIC = ("ES256", "RS256")
 
-def create_access_token(
-    settings: Settings,
-    *,
-    user_id: uuid.UUID,
-    session_id: uuid.UUID,
-    roles: list[str],
-    permissions: list[str],
-) -> tuple[str, int]:
-    """A signed JWT bound to a session; returns it with its lifetime in seconds."""
+
+@dataclass(frozen=True)
+class Signer:
+    """What signs a token: the algorithm, the key (a python-jose private key, or the secret
+    with HS*), and its `kid` (none for HS*)."""
+
+    algorithm: str
+    key: Key | str
+    kid: str | None = None
+
+
+def create_access_token(signer: Signer, settings: Settings, claims: dict[str, Any]) -> tuple[str, int]:
+    """A signed JWT with the standard claims added; returns it with its lifetime in seconds."""
     now = utcnow()
     lifetime = timedelta(minutes=settings.access_token_expire_minutes)
     claims = {
-        "sub": str(user_id),
-        "sid": str(session_id),
         "jti": uuid.uuid4().hex,
         "iat": int(now.timestamp()),
         "exp": int((now + lifetime).timestamp()),
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
         "type": ACCESS_TOKEN_TYPE,
-        "roles": roles,
-        "permissions": permissions,
+        **claims,
     }
-    return jwt.encode(claims, settings.secret, algorithm=settings.jwt_algorithm), int(lifetime.total_seconds())
+    headers = {"kid": signer.kid} if signer.kid else None
+    token = jwt.encode(claims, signer.key, algorithm=signer.algorithm, headers=headers)
+    return token, int(lifetime.total_seconds())
 
 
 class TokenExpired(Exception):
@@ -151,17 +160,33 @@ class TokenInvalid(Exception):
 
 
 REQUIRED_CLAIMS = ("sub", "sid", "jti", "iat", "exp", "iss", "aud")
+KeyLookup = Callable[[str], Key | None]
 
 
-def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
-    """Verify signature (pinned algorithm), issuer, audience, expiry and type.
+def decode_access_token(
+    settings: Settings, token: str, verification_key: KeyLookup
+) -> tuple[dict[str, Any], str | None]:
+    """Verify signature, issuer, audience, expiry and type, with JWT_ALGORITHM only (so an
+    HS256 token signed with a public key is refused: no algorithm confusion).
 
-    Raises TokenExpired or TokenInvalid; every python-jose error becomes one of them.
+    With ES256/RS256 the key is the one its `kid` names (`verification_key` returns None
+    for a kid we do not know). Returns the claims and the kid. Raises TokenExpired or
+    TokenInvalid; every python-jose error becomes one of them.
     """
+    kid = None
     try:
+        key: Key | str
+        if settings.jwt_algorithm in ASYMMETRIC:
+            kid = jwt.get_unverified_header(token).get("kid")
+            found = verification_key(kid) if isinstance(kid, str) and 0 < len(kid) <= 64 else None
+            if found is None:
+                raise TokenInvalid
+            key = found
+        else:
+            key = settings.secret
         claims: dict[str, Any] = jwt.decode(
             token,
-            settings.secret,
+            key,
             algorithms=[settings.jwt_algorithm],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
@@ -169,16 +194,36 @@ def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
         )
     except ExpiredSignatureError as exc:
         raise TokenExpired from exc
-    except (JOSEError, ValueError, TypeError, KeyError) as exc:
+    except (JOSEError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise TokenInvalid from exc
-    if claims.get("type") != ACCESS_TOKEN_TYPE:
+    if claims.get("type") != ACCESS_TOKEN_TYPE or not isinstance(claims.get("sub"), str):
         raise TokenInvalid
     try:
-        uuid.UUID(str(claims["sub"]))
         uuid.UUID(str(claims["sid"]))
     except ValueError as exc:
         raise TokenInvalid from exc
-    return claims
+    return claims, kid
+
+
+# --- secrets at rest -------------------------------------------------------------------
+
+
+@lru_cache
+def _fernet(secret: str, purpose: str) -> Fernet:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"auth_service:{purpose}".encode()).derive(
+        secret.encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def seal(settings: Settings, purpose: str, data: bytes) -> str:
+    """Encrypt and authenticate `data` (Fernet) with a key derived from SECRET_KEY for `purpose`."""
+    return _fernet(settings.secret, purpose).encrypt(data).decode()
+
+
+def unseal(settings: Settings, purpose: str, sealed: str) -> bytes:
+    """The data `seal` sealed; raises InvalidToken if it was sealed under another SECRET_KEY."""
+    return _fernet(settings.secret, purpose).decrypt(sealed.encode())
 
 
 # --- opaque secrets (refresh and one-time tokens) --------------------------------------

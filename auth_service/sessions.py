@@ -6,98 +6,60 @@ belong to it, and revoking it cuts both at once on every worker.
 
 import logging
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import Engine, delete, or_, update
 from sqlmodel import Session, col, select
 
-from auth_service import audit
+from auth_service import audit, principals, signing_keys
 from auth_service.config import Settings
 from auth_service.credentials import PasswordCheck, commit_if_current
 from auth_service.errors import BEARER_INVALID, AppError, ErrorCode, email_not_verified
 from auth_service.metrics import LOGINS
 from auth_service.models import RefreshToken, Role, User, UserRole, UserSession, utcnow
-from auth_service.permissions import BUILTIN_PERMISSIONS
+from auth_service.principals import Principal, effective_permissions
 from auth_service.request_context import current_request
 from auth_service.schemas import IntrospectResponse, Token
 from auth_service.security import (
+    Signer,
     TokenExpired,
     TokenInvalid,
     create_access_token,
-    decode_access_token,
     new_opaque_token,
+    seal,
     token_digest,
+    unseal,
 )
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the user, the session of their token, and what they may do."""
-
-    user: User
-    session_id: uuid.UUID
-    roles: list[str] = field(default_factory=list)
-    permissions: frozenset[str] = frozenset()
-
-    def can(self, permission: str) -> bool:
-        return self.user.is_superuser or permission in self.permissions
-
-
-def effective_permissions(is_superuser: bool, role_permissions: set[str]) -> list[str]:
-    return sorted(set(BUILTIN_PERMISSIONS) | role_permissions) if is_superuser else sorted(role_permissions)
-
-
-def _user_and_grants(
-    session: Session, *conditions: Any, live_session: uuid.UUID | None = None
-) -> tuple[User, list[str], frozenset[str]] | None:
-    """One round trip: a user with their role names and effective permissions."""
-    query = (
+def find_account(session: Session, email: str) -> tuple[User, list[str], frozenset[str]] | None:
+    """The account logging in, with what its token will say it may do (one query)."""
+    rows = session.exec(
         select(User, Role.name, Role.permissions)
         .outerjoin(UserRole, col(UserRole.user_id) == col(User.id))
         .outerjoin(Role, col(Role.id) == col(UserRole.role_id))
-        .where(*conditions)
-    )
-    if live_session is not None:
-        query = query.join(UserSession, col(UserSession.user_id) == col(User.id)).where(
-            col(UserSession.id) == live_session,
-            col(UserSession.revoked_at).is_(None),
-            col(UserSession.expires_at) > utcnow(),
-        )
-    rows = session.exec(query).all()
+        .where(col(User.email) == email)
+    ).all()
     if not rows:
         return None
     user = rows[0][0]
-    roles = sorted(name for _, name, _ in rows if name is not None)
+    role_names = sorted(name for _, name, _ in rows if name is not None)
     granted = {permission for _, _, permissions in rows for permission in permissions or []}
-    return user, roles, frozenset(effective_permissions(user.is_superuser, granted))
+    return user, role_names, effective_permissions(user.is_superuser, granted)
 
 
-def load_principal(session: Session, user_id: uuid.UUID, session_id: uuid.UUID) -> Principal | None:
-    """The user with their roles, if their token's session is live; None otherwise."""
-    found = _user_and_grants(session, col(User.id) == user_id, live_session=session_id)
-    if found is None:
-        return None
-    user, roles, permissions = found
-    return Principal(user=user, session_id=session_id, roles=roles, permissions=permissions)
-
-
-def find_account(session: Session, email: str) -> tuple[User, list[str], frozenset[str]] | None:
-    """The account logging in, with what its token will say it may do (one query)."""
-    return _user_and_grants(session, col(User.email) == email)
-
-
-def _issue(settings: Settings, principal: Principal, refresh_token: str) -> Token:
-    access_token, expires_in = create_access_token(
-        settings,
-        user_id=principal.user.id,
-        session_id=principal.session_id,
-        roles=principal.roles,
-        permissions=sorted(principal.permissions),
-    )
+def _issue(signer: Signer, settings: Settings, principal: Principal, refresh_token: str) -> Token:
+    """The token pair of a user's session."""
+    claims = {
+        "sub": str(principal.id),
+        "sid": str(principal.session_id),
+        "roles": principal.roles,
+        "permissions": sorted(principal.permissions),
+    }
+    access_token, expires_in = create_access_token(signer, settings, claims)
     return Token(access_token=access_token, expires_in=expires_in, refresh_token=refresh_token)
 
 
@@ -122,6 +84,7 @@ def start_session(
     with it the rehash under today's Argon2 parameters, if any.
     """
     user, roles, permissions = account
+    signer = signing_keys.signer(session.connection(), settings)
     now = utcnow()
     values: dict[str, Any] = {"last_login_at": now}
     if check.new_hash:
@@ -143,9 +106,9 @@ def start_session(
     details = {"session_id": str(user_session.id)}
     LOGINS.labels("succeeded").inc()
     audit.record(session, settings, "auth.login_succeeded", actor_id=user.id, subject_id=user.id, details=details)
+    tokens = _issue(signer, settings, Principal(user.id, user_session.id, roles, permissions), refresh_token)
     session.commit()
-    principal = Principal(user=user, session_id=user_session.id, roles=roles, permissions=permissions)
-    return _issue(settings, principal, refresh_token)
+    return tokens
 
 
 def _refresh_rejected(detail: str, code: ErrorCode = ErrorCode.INVALID_TOKEN) -> AppError:
@@ -153,7 +116,9 @@ def _refresh_rejected(detail: str, code: ErrorCode = ErrorCode.INVALID_TOKEN) ->
 
 
 def rotate_refresh_token(session: Session, settings: Settings, refresh_token: str) -> Token:
-    """Trade a refresh token for new tokens. A token used twice ends its session (RFC 9700)."""
+    """Trade a refresh token for new tokens. A token used twice ends its session (RFC 9700),
+    except within REFRESH_REUSE_GRACE_SECONDS of its rotation, when it gets the same
+    successor pair again (two tabs refreshing at once)."""
     now = utcnow()
     found = session.exec(
         select(RefreshToken, UserSession)
@@ -171,6 +136,7 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
         raise _refresh_rejected("The session has reached its maximum age; log in again.", ErrorCode.TOKEN_EXPIRED)
     if user_session.expires_at <= now:
         raise _refresh_rejected("Refresh token has expired.", ErrorCode.TOKEN_EXPIRED)
+    signer = signing_keys.signer(session.connection(), settings)
     # Claim the token atomically: of two concurrent uses exactly one updates the row.
     claimed = session.exec(
         update(RefreshToken)
@@ -179,6 +145,9 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
     ).rowcount
     if not claimed:
         session.rollback()
+        again = _successor_within_grace(session, settings, token.id, now)
+        if again is not None:
+            return again
         revoke_session(session, user_session.id, reason="refresh_reused")
         details = {"session_id": str(user_session.id)}
         audit.record(session, settings, "auth.refresh_reused", subject_id=user_session.user_id, details=details)
@@ -193,15 +162,39 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
     session.flush()
     # Read the caller inside this transaction: the winner of a race answers with what it
     # rotated, even if a loser's reuse detection ends the session right after.
-    principal = load_principal(session, user_session.user_id, user_session.id)
-    if principal is None or not principal.user.is_active:
+    principal = principals.load_user(session.connection(), user_session.user_id, user_session.id)
+    if principal is None or principal.account is None or not principal.account.is_active:
         session.rollback()
         raise _refresh_rejected("The session of this refresh token has ended.")
-    if settings.require_verified_email and not principal.user.is_verified:
+    if settings.require_verified_email and not principal.account.is_verified:
         session.rollback()
         raise email_not_verified("invalid_grant")
+    tokens = _issue(signer, settings, principal, new_token)
+    if settings.refresh_reuse_grace_seconds:
+        successor = seal(settings, SUCCESSOR_PURPOSE, tokens.model_dump_json().encode())
+        session.exec(update(RefreshToken).where(col(RefreshToken.id) == token.id).values(successor=successor))
     session.commit()
-    return _issue(settings, principal, new_token)
+    return tokens
+
+
+SUCCESSOR_PURPOSE = "refresh-successor"
+
+
+def _successor_within_grace(session: Session, settings: Settings, token_id: uuid.UUID, now: datetime) -> Token | None:
+    """The pair a refresh token was just rotated into, if that was within the grace interval
+    and the session still stands; None otherwise (and always with the default grace of 0)."""
+    if not settings.refresh_reuse_grace_seconds:
+        return None
+    row = session.exec(
+        select(RefreshToken.used_at, RefreshToken.successor, UserSession.revoked_at)
+        .join(UserSession, col(UserSession.id) == col(RefreshToken.session_id))
+        .where(col(RefreshToken.id) == token_id)
+    ).first()
+    if row is None or row[0] is None or row[1] is None or row[2] is not None:
+        return None
+    if now - row[0] > timedelta(seconds=settings.refresh_reuse_grace_seconds):
+        return None
+    return Token.model_validate_json(unseal(settings, SUCCESSOR_PURPOSE, row[1]))
 
 
 def revoke_session(session: Session, session_id: uuid.UUID, *, reason: str) -> bool:
@@ -225,7 +218,7 @@ def revoke_user_sessions(session: Session, user_id: uuid.UUID, *, reason: str, k
 
 def logout(session: Session, settings: Settings, principal: Principal, *, everywhere: bool = False) -> None:
     """End the caller's session, or all of the user's sessions."""
-    user_id = principal.user.id
+    user_id = principal.id
     if everywhere:
         revoke_user_sessions(session, user_id, reason="logout_all")
     else:
@@ -240,7 +233,7 @@ def end_own_session(session: Session, settings: Settings, principal: Principal, 
     owned = session.exec(
         select(UserSession.id).where(
             col(UserSession.id) == session_id,
-            col(UserSession.user_id) == principal.user.id,
+            col(UserSession.user_id) == principal.id,
             col(UserSession.revoked_at).is_(None),
             col(UserSession.expires_at) > utcnow(),
         )
@@ -248,7 +241,7 @@ def end_own_session(session: Session, settings: Settings, principal: Principal, 
     if owned is None:
         return False
     revoke_session(session, session_id, reason="session_deleted")
-    user_id = principal.user.id
+    user_id = principal.id
     details = {"session_id": str(session_id)}
     audit.record(session, settings, "session.revoked", actor_id=user_id, subject_id=user_id, details=details)
     session.commit()
@@ -280,28 +273,62 @@ def prune_sessions(session: Session, retention_days: int) -> int:
 
 
 def introspect(session: Session, settings: Settings, token: str) -> IntrospectResponse:
-    """RFC 7662 for our access tokens: live only while the token, its session and its user are."""
+    """RFC 7662 for our access tokens: live only while the token and what it names are."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
     try:
-        claims = decode_access_token(settings, token)
+        claims, kid = principals.verify(engine, settings, token)
     except (TokenExpired, TokenInvalid):
         return IntrospectResponse(active=False)
-    principal = load_principal(session, uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
-    if principal is None or not principal.user.is_active:
+    principal = principals.load(session.connection(), claims, kid)
+    if principal is None or (principal.account is not None and not principal.account.is_active):
         return IntrospectResponse(active=False)
     permissions = sorted(principal.permissions)
+    account = principal.account
     return IntrospectResponse(
         active=True,
         sub=claims["sub"],
-        username=principal.user.email,
-        email=principal.user.email,
+        client_id=principal.client_id,
+        username=account.email if account else principal.client_id,
+        email=account.email if account else None,
+        email_verified=account.is_verified if account else None,
         exp=claims["exp"],
         iat=claims["iat"],
         iss=claims["iss"],
         aud=claims["aud"],
         jti=claims["jti"],
-        sid=claims["sid"],
+        sid=claims["sid"] if account else None,
         token_type="Bearer",
         scope=" ".join(permissions),
         roles=principal.roles,
         permissions=permissions,
     )
+
+
+def revoke_token(session: Session, settings: Settings, token: str) -> None:
+    """RFC 7009: end the session of a refresh token or of a user's access token. Anything
+    else (unknown, expired, a client's token) is quietly accepted, as the RFC asks."""
+    session_id = None
+    found = session.exec(
+        select(RefreshToken.session_id).where(col(RefreshToken.token_hash) == token_digest(token))
+    ).first()
+    if found is not None:
+        session_id = found
+    else:
+        engine = session.get_bind()
+        assert isinstance(engine, Engine)
+        try:
+            claims, _ = principals.verify(engine, settings, token)
+        except TokenInvalid:
+            return
+        except TokenExpired:
+            return
+        if "client_id" not in claims:
+            session_id = uuid.UUID(claims["sid"])
+    if session_id is None:
+        return
+    user_id = session.exec(select(UserSession.user_id).where(col(UserSession.id) == session_id)).first()
+    if user_id is not None and revoke_session(session, session_id, reason="revoked"):
+        details = {"session_id": str(session_id)}
+        audit.record(session, settings, "session.revoked", actor_id=user_id, subject_id=user_id, details=details)
+        session.commit()

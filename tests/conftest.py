@@ -21,9 +21,11 @@ from alembic import command
 from alembic.config import Config
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from jose import jwt
 from sqlalchemy import Engine, create_engine, text
 from sqlmodel import Session, col, select
 
+from auth_service import signing_keys
 from auth_service.accounts import create_superuser
 from auth_service.config import Settings
 from auth_service.emails import MAIL
@@ -183,6 +185,24 @@ def admin(client: TestClient, app: FastAPI, settings: Settings) -> Account:
         user_id = str(created.id)
     tokens = login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     return Account(ADMIN_EMAIL, ADMIN_PASSWORD, user_id, tokens["access_token"], tokens["refresh_token"])
+
+
+def service(client: TestClient, admin: Account, permissions: list[str] | None = None) -> tuple[str, str]:
+    """A new service client's (client_id, client_secret), for HTTP Basic: `auth=service(...)`."""
+    body = {"name": "a service", "permissions": permissions or []}
+    created = client.post("/clients", json=body, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    return created.json()["client_id"], created.json()["client_secret"]
+
+
+def sign_as_the_service(app: FastAPI, claims: dict[str, Any]) -> str:
+    """A JWT over any claims, signed with the service's current key: a forger's best case."""
+    with app.state.engine.connect() as connection:
+        signer = signing_keys.signer(connection, app.state.settings)
+    token: str = jwt.encode(
+        claims, signer.key, algorithm=signer.algorithm, headers={"kid": signer.kid} if signer.kid else None
+    )
+    return token
 
 
 # --- a real server, for real HTTP clients ---------------------------------------------

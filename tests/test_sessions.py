@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 
 from auth_service.models import RefreshToken, UserSession, utcnow
 from auth_service.sessions import prune_sessions
-from tests.conftest import PASSWORD, Account, login, register
+from tests.conftest import PASSWORD, Account, login, register, service
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -140,18 +140,24 @@ def test_deactivation_ends_every_session(client: TestClient, user: Account, admi
     assert client.patch(f"/users/{user.id}", json={"is_active": False}, headers=admin.headers).status_code == 200
     assert client.get("/users/me", headers=user.headers).status_code == 401
     assert client.post("/auth/refresh", json={"refresh_token": user.refresh_token}).status_code == 401
-    assert client.post("/auth/introspect", json={"token": user.access_token}).json() == {"active": False}
+    assert client.post("/auth/introspect", json={"token": user.access_token}, auth=service(client, admin)).json() == {
+        "active": False
+    }
 
 
-def test_introspection(client: TestClient, user: Account) -> None:
-    body = client.post("/auth/introspect", json={"token": user.access_token}).json()
+def test_introspection(client: TestClient, user: Account, admin: Account) -> None:
+    credentials = service(client, admin)
+    body = client.post("/auth/introspect", json={"token": user.access_token}, auth=credentials).json()
     assert body["active"] is True
     assert body["sub"] == user.id and body["email"] == user.email and body["username"] == user.email
+    assert body["email_verified"] is False and "client_id" not in body
     assert {"exp", "iat", "sid", "scope", "roles", "permissions"} <= set(body)
     for token in ["garbage", "", user.refresh_token]:
-        assert client.post("/auth/introspect", json={"token": token}).json() == {"active": False}
+        assert client.post("/auth/introspect", json={"token": token}, auth=credentials).json() == {"active": False}
     client.post("/auth/logout", headers=user.headers)
-    assert client.post("/auth/introspect", json={"token": user.access_token}).json() == {"active": False}
+    assert client.post("/auth/introspect", json={"token": user.access_token}, auth=credentials).json() == {
+        "active": False
+    }
 
 
 def test_prune_keeps_live_sessions(client: TestClient, user: Account, db: Session) -> None:

@@ -150,7 +150,8 @@ def test_bad_login_is_the_same_400_invalid_grant(client: TestClient, username: s
         ({"username": "ada@example.com"}, "invalid_request"),
         ({"password": PASSWORD}, "invalid_request"),
         ({}, "invalid_request"),
-        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+        ({"grant_type": "authorization_code", "code": "x"}, "unsupported_grant_type"),
+        ({"grant_type": "client_credentials", "client_id": "svc_nobody", "client_secret": "x"}, "invalid_client"),
         ({"grant_type": "refresh_token"}, "invalid_request"),
     ],
 )

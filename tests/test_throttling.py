@@ -111,7 +111,9 @@ def test_reset_requests_are_limited_per_ip(client: TestClient) -> None:
     assert client.post("/auth/password-reset/request", json={"email": "u9@example.com"}).status_code == 429
 
 
-@pytest.mark.parametrize("settings_overrides", [{"introspect_ip_limit": "2/minute"}])
+@pytest.mark.parametrize(
+    "settings_overrides", [{"introspect_ip_limit": "2/minute", "introspection_requires_client": False}]
+)
 def test_introspection_is_limited_per_ip(client: TestClient) -> None:
     for _ in range(2):
         assert client.post("/auth/introspect", json={"token": "x"}).status_code == 200

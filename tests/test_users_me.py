@@ -5,12 +5,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from jose import jwt
 from sqlmodel import Session
 
 from auth_service.models import User
-from tests.conftest import PASSWORD, Account, login, register, signup
+from tests.conftest import PASSWORD, Account, login, register, sign_as_the_service, signup
 from tests.support import TEST_SECRET
 
 PUBLIC_FIELDS = {
@@ -116,9 +117,9 @@ def test_me_with_a_bad_token_is_401_invalid_token(client: TestClient, user: Acco
     assert me(client, user)["id"] == user.id  # the real token still works
 
 
-def test_me_with_an_expired_token_is_401_token_expired(client: TestClient, user: Account) -> None:
+def test_me_with_an_expired_token_is_401_token_expired(client: TestClient, user: Account, app: FastAPI) -> None:
     past = datetime.now(UTC) - timedelta(hours=1)
-    token = jwt.encode(claims_for(user, exp=int(past.timestamp()), iat=int(past.timestamp()) - 60), TEST_SECRET)
+    token = sign_as_the_service(app, claims_for(user, exp=int(past.timestamp()), iat=int(past.timestamp()) - 60))
     response = client.get("/users/me", headers={"Authorization": f"Bearer {token}"})
     error(response, 401, "TOKEN_EXPIRED")
     assert 'error="invalid_token"' in response.headers["www-authenticate"]

@@ -9,8 +9,8 @@ from auth_service import audit
 from auth_service.deps import DbSession, PageDep, require_permission
 from auth_service.errors import error_responses
 from auth_service.permissions import AUDIT_READ
+from auth_service.principals import Principal
 from auth_service.schemas import AuditEventPublic, AuditEventsPublic, EventType, UTCTime
-from auth_service.sessions import Principal
 
 router = APIRouter(tags=["audit"])
 

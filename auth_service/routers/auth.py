@@ -5,12 +5,15 @@ from operator import attrgetter
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlmodel import Session
 
-from auth_service import accounts, email_flows, sessions
-from auth_service.deps import CurrentPrincipal, DbSession, SettingsDep, UnverifiedPrincipal, limit_per_ip
+from auth_service import accounts, clients, email_flows, sessions
+from auth_service.deps import DbSession, SettingsDep, UnverifiedPrincipal, UserPrincipal, limit_per_ip
 from auth_service.errors import AppError, ErrorCode, error_responses, not_found
+from auth_service.models import Client
 from auth_service.schemas import (
-    IntrospectRequest,
     IntrospectResponse,
     Message,
     PasswordResetConfirm,
@@ -20,6 +23,7 @@ from auth_service.schemas import (
     SessionsPublic,
     Token,
     TokenErrorResponse,
+    TokenForm,
     TokenSubmit,
     UserCreate,
     UserPublic,
@@ -49,14 +53,20 @@ def _oauth_error(status_code: int, error: str, detail: str, code: ErrorCode = Er
     return AppError(status_code, code, detail, oauth_error=error)
 
 
+GRANT_TYPES = ("password", "refresh_token", "client_credentials")
+
+
 @router.post(
     "/login",
     response_model=Token,
+    response_model_exclude_none=True,
     responses={
         400: {
             "model": TokenErrorResponse,
-            "description": "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type.",
+            "description": "RFC 6749 §5.2: invalid_request, invalid_grant, invalid_client (credentials in the "
+            "form), invalid_scope, unsupported_grant_type.",
         },
+        401: {"model": TokenErrorResponse, "description": "invalid_client, with HTTP Basic credentials."},
         403: {"model": TokenErrorResponse, "description": "EMAIL_NOT_VERIFIED, when REQUIRE_VERIFIED_EMAIL is on."},
         **error_responses(429),
     },
@@ -66,13 +76,23 @@ def login(
     response: Response,
     db: DbSession,
     settings: SettingsDep,
-    grant_type: Annotated[str | None, Form(description="`password` (default) or `refresh_token`.")] = None,
+    grant_type: Annotated[
+        str | None, Form(description="`password` (default), `refresh_token` or `client_credentials`.")
+    ] = None,
     username: Annotated[str | None, Form(description="Your email.")] = None,
     password: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None,
     refresh_token: Annotated[str | None, Form(description="With grant_type=refresh_token.")] = None,
-    scope: Annotated[str | None, Form(description="Accepted and ignored.")] = None,
+    scope: Annotated[
+        str | None, Form(description="Client credentials: some of the client's permissions. Else ignored.")
+    ] = None,
+    client_id: Annotated[str | None, Form(description="Client credentials, if not sent with HTTP Basic.")] = None,
+    client_secret: Annotated[
+        str | None,
+        Form(description="Client credentials, if not sent with HTTP Basic.", json_schema_extra={"format": "password"}),
+    ] = None,
 ) -> Token:
-    """OAuth2 token endpoint (RFC 6749): the password grant, and the refresh_token grant (§6).
+    """OAuth2 token endpoint (RFC 6749): the password grant, the refresh_token grant (§6),
+    and client credentials (§4.4) for service clients.
 
     Takes a form, as OAuth2 clients and Swagger's **Authorize** button send it.
     """
@@ -87,16 +107,40 @@ def login(
             if not refresh_token:
                 raise _oauth_error(400, "invalid_request", "refresh_token is required.")
             return sessions.rotate_refresh_token(db, settings, refresh_token)
-        raise _oauth_error(400, "unsupported_grant_type", "grant_type must be password or refresh_token.")
+        if grant_type == "client_credentials":
+            client = _authenticated_client(request, db, client_id, client_secret, required=True)
+            assert client is not None
+            return clients.issue_token(db, settings, client, scope)
+        raise _oauth_error(400, "unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}.")
     except AppError as exc:
-        # RFC 6749 §5.2: a bad grant is a 400 at the token endpoint, not a 401.
-        if exc.status_code == 401:
+        # RFC 6749 §5.2: a bad grant is a 400 at the token endpoint, not a 401 (a bad
+        # client authenticated with HTTP Basic stays 401, with its challenge).
+        if exc.status_code == 401 and exc.oauth_error != "invalid_client":
             exc.status_code, exc.headers = 400, None
         exc.headers = {**(exc.headers or {}), **NO_STORE}
         raise
 
 
-@router.post("/refresh", response_model=Token, responses=error_responses(401, 403, 422))
+def _authenticated_client(
+    request: Request, db: Session, client_id: str | None, client_secret: str | None, *, required: bool
+) -> Client | None:
+    """The service client of HTTP Basic or form credentials (RFC 6749 §2.3.1). Credentials
+    that do not check out are always refused (invalid_client); none at all only if `required`."""
+    basic = clients.basic_credentials(request.headers.get("authorization"))
+    credentials = basic or ((client_id, client_secret or "") if client_id else None)
+    if credentials is None:
+        if required:
+            raise clients.invalid_client()
+        return None
+    client = clients.authenticate(db, *credentials)
+    if client is None:
+        raise clients.invalid_client(basic=basic is not None or not required)
+    return client
+
+
+@router.post(
+    "/refresh", response_model=Token, response_model_exclude_none=True, responses=error_responses(401, 403, 422)
+)
 def refresh(body: RefreshRequest, response: Response, db: DbSession, settings: SettingsDep) -> Token:
     """Trade a refresh token for a new pair. Each refresh token works once: a replay ends the session."""
     response.headers.update(NO_STORE)
@@ -116,30 +160,78 @@ def logout_all(principal: UnverifiedPrincipal, db: DbSession, settings: Settings
 
 
 @router.get("/sessions", response_model=SessionsPublic, responses=error_responses(401))
-def list_sessions(principal: CurrentPrincipal, db: DbSession) -> SessionsPublic:
+def list_sessions(principal: UserPrincipal, db: DbSession) -> SessionsPublic:
     """Your live sessions, newest first; `current` marks the one making this call."""
-    rows = sessions.live_sessions(db, principal.user.id)
+    rows = sessions.live_sessions(db, principal.id)
     data = [SessionPublic.model_validate(s, update={"current": s.id == principal.session_id}) for s in rows]
     return SessionsPublic(data=data, count=len(data))
 
 
 @router.delete("/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404))
-def delete_session(session_id: uuid.UUID, principal: CurrentPrincipal, db: DbSession, settings: SettingsDep) -> None:
+def delete_session(session_id: uuid.UUID, principal: UserPrincipal, db: DbSession, settings: SettingsDep) -> None:
     """End one of your sessions (someone else's is a 404)."""
     if not sessions.end_own_session(db, settings, principal, session_id):
         raise not_found("Session")
+
+
+TOKEN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/TokenForm"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/TokenForm"}},
+        },
+    }
+}
+
+
+async def token_form(request: Request) -> TokenForm:
+    """RFC 7662 and RFC 7009 clients post a form; a JSON object works too."""
+    try:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            body = await request.json()
+        else:
+            body = dict(await request.form())
+        return TokenForm.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    except ValueError:  # not JSON
+        raise AppError(422, ErrorCode.VALIDATION_ERROR, "The body must be a form or a JSON object.") from None
+
+
+TokenFormDep = Annotated[TokenForm, Depends(token_form)]
 
 
 @router.post(
     "/introspect",
     response_model=IntrospectResponse,
     response_model_exclude_none=True,
-    responses=error_responses(422, 429),
+    responses=error_responses(401, 422, 429),
     dependencies=[Depends(limit_per_ip("introspect", attrgetter("introspect_ip_limit")))],
+    openapi_extra=TOKEN_BODY,
 )
-def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) -> IntrospectResponse:
-    """RFC 7662: `{"active": false}` for anything not a live access token; its claims otherwise."""
+def introspect(request: Request, body: TokenFormDep, db: DbSession, settings: SettingsDep) -> IntrospectResponse:
+    """RFC 7662, for services: authenticate as a client (HTTP Basic, or `client_id` and
+    `client_secret` in the form), send `token`. `{"active": false}` for anything not a live
+    access token; its claims otherwise. INTROSPECTION_REQUIRES_CLIENT=false opens it to anyone."""
+    required = settings.introspection_requires_client
+    _authenticated_client(request, db, body.client_id, body.client_secret, required=required)
     return sessions.introspect(db, settings, body.token)
+
+
+@router.post(
+    "/revoke",
+    responses=error_responses(401, 422, 429),
+    dependencies=[Depends(limit_per_ip("revoke", attrgetter("introspect_ip_limit")))],
+    openapi_extra=TOKEN_BODY,
+)
+def revoke(request: Request, body: TokenFormDep, db: DbSession, settings: SettingsDep) -> Response:
+    """RFC 7009: send a refresh token (or a user's access token) as `token`; its session
+    ends. Always 200, whatever the token was. Holding the token is proof enough; client
+    credentials, if sent, must be right."""
+    _authenticated_client(request, db, body.client_id, body.client_secret, required=False)
+    sessions.revoke_token(db, settings, body.token)
+    return Response(status_code=200, headers=NO_STORE)
 
 
 @router.post(
@@ -151,10 +243,11 @@ def introspect(body: IntrospectRequest, db: DbSession, settings: SettingsDep) ->
 )
 def request_verification(principal: UnverifiedPrincipal, db: DbSession, settings: SettingsDep) -> Message:
     """Mail a new verification link to your address (older links stop working)."""
-    if principal.user.is_verified:
+    user = accounts.get_user(db, principal.id)
+    if user.is_verified:
         return Message(detail="Your email address is already verified.")
-    email_flows.mail_budget(db, settings, principal.user.email)
-    email_flows.queue_verification(db, settings, principal.user)
+    email_flows.mail_budget(db, settings, user.email)
+    email_flows.queue_verification(db, settings, user)
     db.commit()
     return Message(detail="A verification link is on its way.")
 

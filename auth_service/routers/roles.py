@@ -9,8 +9,8 @@ from auth_service import accounts, roles
 from auth_service.deps import DbSession, PageDep, SettingsDep, require_permission
 from auth_service.errors import error_responses
 from auth_service.permissions import ROLES_ASSIGN, ROLES_READ, ROLES_WRITE
+from auth_service.principals import Principal
 from auth_service.schemas import RoleCreate, RoleName, RolePublic, RolesPublic, RoleUpdate, UserPublic
-from auth_service.sessions import Principal
 
 router = APIRouter(tags=["roles"])
 

@@ -1,0 +1,168 @@
+"""Who is calling: a bearer token verified, and, in one query, that what it names is live.
+
+A token names either a user's session (`sub` the user, `sid` the session) or a service
+client (`sub` and `client_id` the client, `sid` its secret's generation). Either way one
+query checks that the user is active and the session not revoked (or that the client is
+active and its secret unchanged), and, with ES256/RS256, that the key that signed it has
+not been retired: logout, a password change, deactivation or a deleted client cut access
+on the very next request, on every worker.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, exists, select
+from sqlalchemy.exc import DBAPIError
+
+from auth_service.config import Settings
+from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode
+from auth_service.models import Client, Role, SigningKey, User, UserRole, UserSession, utcnow
+from auth_service.permissions import BUILTIN_PERMISSIONS
+from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
+from auth_service.signing_keys import public_key, usable
+
+users = User.__table__  # type: ignore[attr-defined]
+user_sessions = UserSession.__table__  # type: ignore[attr-defined]
+user_roles = UserRole.__table__  # type: ignore[attr-defined]
+roles = Role.__table__  # type: ignore[attr-defined]
+clients = Client.__table__  # type: ignore[attr-defined]
+signing_keys = SigningKey.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user as the API shows them: never the hash."""
+
+    id: uuid.UUID
+    email: str
+    full_name: str | None
+    is_active: bool
+    is_verified: bool
+    is_superuser: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+ACCOUNT_COLUMNS = tuple(users.c[name] for name in Account.__slots__)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: a user on one of their sessions, or a service client."""
+
+    id: uuid.UUID  # the user's id, or the client's (the audit log's actor_id)
+    session_id: uuid.UUID  # the user's session, or the client's secret generation
+    roles: list[str]
+    permissions: frozenset[str]
+    account: Account | None = None  # None for a service client
+    client_id: str | None = None
+
+    @property
+    def is_superuser(self) -> bool:
+        return self.account is not None and self.account.is_superuser
+
+    def can(self, permission: str) -> bool:
+        return self.is_superuser or permission in self.permissions
+
+
+def effective_permissions(is_superuser: bool, role_permissions: set[str]) -> frozenset[str]:
+    return frozenset(BUILTIN_PERMISSIONS) | role_permissions if is_superuser else frozenset(role_permissions)
+
+
+def _key_is_live(kid: str | None, now: datetime) -> list[Any]:
+    """With ES256/RS256, the signing key must not have been retired since."""
+    if kid is None:
+        return []
+    return [exists().where(signing_keys.c.kid == kid, usable(now))]
+
+
+def load_user(
+    connection: Connection, user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None = None
+) -> Principal | None:
+    """The user with their roles, if the session is live; None otherwise. One round trip."""
+    now = utcnow()
+    rows = connection.execute(
+        select(*ACCOUNT_COLUMNS, roles.c.name, roles.c.permissions)
+        .select_from(
+            users.join(user_sessions, user_sessions.c.user_id == users.c.id)
+            .outerjoin(user_roles, user_roles.c.user_id == users.c.id)
+            .outerjoin(roles, roles.c.id == user_roles.c.role_id)
+        )
+        .where(
+            users.c.id == user_id,
+            user_sessions.c.id == session_id,
+            user_sessions.c.revoked_at.is_(None),
+            user_sessions.c.expires_at > now,
+            *_key_is_live(kid, now),
+        )
+    ).all()
+    if not rows:
+        return None
+    account = Account(*rows[0][: len(ACCOUNT_COLUMNS)])
+    role_names = sorted(row.name for row in rows if row.name is not None)
+    granted = {permission for row in rows for permission in row.permissions or []}
+    permissions = effective_permissions(account.is_superuser, granted)
+    return Principal(account.id, session_id, role_names, permissions, account=account)
+
+
+def load_client(
+    connection: Connection, client_id: str, generation: uuid.UUID, kid: str | None = None
+) -> Principal | None:
+    """The service client, if it is active and its secret unchanged; None otherwise."""
+    row = connection.execute(
+        select(clients.c.id, clients.c.permissions).where(
+            clients.c.client_id == client_id,
+            clients.c.token_generation == generation,
+            clients.c.is_active,
+            *_key_is_live(kid, utcnow()),
+        )
+    ).first()
+    if row is None:
+        return None
+    return Principal(row.id, generation, [], frozenset(row.permissions or []), client_id=client_id)
+
+
+def load(connection: Connection, claims: dict[str, Any], kid: str | None) -> Principal | None:
+    """Whoever the verified claims name, if still live."""
+    session_id = uuid.UUID(claims["sid"])
+    if "client_id" in claims:
+        return load_client(connection, str(claims["client_id"]), session_id, kid)
+    try:
+        user_id = uuid.UUID(claims["sub"])
+    except ValueError:
+        return None
+    return load_user(connection, user_id, session_id, kid)
+
+
+def verify(engine: Engine, settings: Settings, token: str) -> tuple[dict[str, Any], str | None]:
+    """The token's claims and `kid`, signature and claims checked; TokenExpired/TokenInvalid."""
+    return decode_access_token(settings, token, lambda kid: public_key(engine, kid))
+
+
+def authenticate(engine: Engine, settings: Settings, token: str | None) -> Principal:
+    """The bearer token's principal, or 401 (NOT_AUTHENTICATED, TOKEN_EXPIRED, INVALID_TOKEN)
+    or 403 INACTIVE_USER. The lookup is a plain read outside any transaction, retried once
+    on a fresh connection if the database dropped the pooled one (a restart)."""
+    if not token:
+        raise AppError(401, ErrorCode.NOT_AUTHENTICATED, "Not authenticated.", headers=BEARER)
+    try:
+        claims, kid = verify(engine, settings, token)
+    except TokenExpired:
+        raise AppError(401, ErrorCode.TOKEN_EXPIRED, "The access token has expired.", headers=BEARER_INVALID) from None
+    except TokenInvalid:
+        raise AppError(401, ErrorCode.INVALID_TOKEN, "The access token is invalid.", headers=BEARER_INVALID) from None
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as connection:
+                principal = load(connection.execution_options(isolation_level="AUTOCOMMIT"), claims, kid)
+            break
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    if principal is None:
+        raise AppError(401, ErrorCode.INVALID_TOKEN, "The session has ended; log in again.", headers=BEARER_INVALID)
+    if principal.account is not None and not principal.account.is_active:
+        raise AppError(403, ErrorCode.INACTIVE_USER, "This account is deactivated.")
+    return principal
