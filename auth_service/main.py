@@ -13,7 +13,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from auth_service import __version__
 from auth_service.accounts import ensure_superuser
-from auth_service.config import Settings
+from auth_service.config import Settings, load_settings
 from auth_service.db import make_engine
 from auth_service.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from auth_service.logs import configure_logging
@@ -30,7 +30,7 @@ username, then try `GET /users/me`. Errors have one shape: `{"detail": ..., "cod
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings(Settings)  # a bad setting exits with one line, no traceback
     configure_logging(settings)
     engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
 
@@ -40,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue_limit + 40
         if settings.environment == "production" and settings.email_backend == "console":
             logger.warning("EMAIL_BACKEND=console in production: mails, with their live links, go to the log")
+        if settings.email_backend == "smtp" and not settings.smtp_host:  # refused in production
+            logger.warning("EMAIL_BACKEND=smtp without SMTP_HOST: no mail can be sent")
         create_first_superuser(settings, app)
         stop_sender = start_sender_thread(engine, settings) if settings.outbox_worker else None
         yield
