@@ -29,4 +29,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 
 # FORWARDED_ALLOW_IPS (the app's setting) decides which proxies to trust, not uvicorn.
 # The app logs each request itself, hence --no-access-log.
-CMD ["sh", "-c", "alembic upgrade head && exec uvicorn --factory auth_service.main:create_app --host 0.0.0.0 --port 8000 --no-proxy-headers --no-access-log --workers ${WEB_CONCURRENCY:-1}"]
+CMD ["sh", "-c", "python -m auth_service migrate && exec uvicorn --factory auth_service.main:create_app --host 0.0.0.0 --port 8000 --no-proxy-headers --no-access-log --workers ${WEB_CONCURRENCY:-1}"]

@@ -21,7 +21,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 
 ## migrate: bring the database (DATABASE_URL, default ./auth.db) to the latest schema
 migrate: $(VENV)/.runtime
-	$(BIN)/alembic upgrade head
+	$(BIN)/python -m auth_service migrate
 
 ## run: install, migrate, and serve on http://$(HOST):$(PORT) (Swagger at /docs)
 run: migrate

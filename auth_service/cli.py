@@ -3,18 +3,32 @@
 import argparse
 import contextlib
 import getpass
+import logging
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session, col, select
 
 from auth_service import one_time_tokens, throttle
 from auth_service.accounts import ensure_superuser, find_user_by_email
 from auth_service.audit import prune_events
-from auth_service.config import Settings
-from auth_service.db import make_engine
+from auth_service.config import Settings, load_settings
+from auth_service.db import (
+    DatabaseUnavailable,
+    database_address,
+    describe_database_error,
+    make_engine,
+    wait_for_database,
+)
+from auth_service.logs import configure_logging
 from auth_service.models import Role, UserRole
 from auth_service.outbox import deliver_due, prune_delivered, run_sender
 from auth_service.password_policy import password_problems
@@ -22,6 +36,9 @@ from auth_service.schemas import normalize_email
 from auth_service.sessions import prune_sessions
 
 ADMIN_PASSWORD_ENV = "ADMIN_PASSWORD"
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+logger = logging.getLogger("auth_service.migrate")
 
 
 def _admin_password(args: argparse.Namespace) -> str:
@@ -93,6 +110,33 @@ def prune(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Wait for the database (up to DATABASE_WAIT_SECONDS), then upgrade it to the latest schema."""
+    configure_logging(settings)
+    where = database_address(settings.database_url)
+    try:
+        wait_for_database(settings.database_url, settings.database_wait_seconds)
+    except DatabaseUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    config = Config(str(ALEMBIC_INI))
+    # Alembic's env.py takes this connection as is: no second engine, and our log format.
+    # A plain engine, not make_engine's: SQLite's foreign_keys pragma must stay off while
+    # batch migrations copy and drop tables.
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as exc:
+        hint = " (does its folder exist, writable by this user?)" if settings.is_sqlite else ""
+        problem = describe_database_error(exc, settings.database_url)
+        raise SystemExit(f"error: migrating the database at {where} failed: {problem}{hint}") from None
+    finally:
+        engine.dispose()
+    logger.info("the database at %s has the latest schema", where)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m auth_service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     sender.add_argument("--once", action="store_true", help="one round, then exit (for cron)")
     sender.set_defaults(run=send_mail)
     commands.add_parser("prune", help=prune.__doc__).set_defaults(run=prune)
+    commands.add_parser("migrate", help=migrate.__doc__).set_defaults(run=migrate)
     args = parser.parse_args(argv)
+    settings = load_settings(Settings)  # every command checks every setting: a bad one stops it with one line
     try:
-        return int(args.run(Settings(), args))
+        return int(args.run(settings, args))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
