@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, col, select
@@ -37,6 +37,7 @@ from auth_service.sessions import prune_sessions
 
 ADMIN_PASSWORD_ENV = "ADMIN_PASSWORD"
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+MIGRATE_LOCK_KEY = 0x6D696772  # any constant: the PostgreSQL advisory lock held while migrating
 
 logger = logging.getLogger("auth_service.migrate")
 
@@ -125,6 +126,8 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
     engine = create_engine(settings.database_url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # replicas starting together migrate one at a time
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK_KEY})
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:

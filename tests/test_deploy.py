@@ -181,6 +181,19 @@ def test_migrate_builds_the_schema_and_can_run_again(empty_database: str, tmp_pa
     assert not password or password not in output(first) + output(again)
 
 
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="needs PostgreSQL (TEST_DATABASE_URL)")
+def test_replicas_starting_together_migrate_one_at_a_time(postgres_server_url: str, tmp_path: Path) -> None:
+    """Without the advisory lock, the second `CREATE TABLE users` fails and that replica exits."""
+    with fresh_postgres_database(postgres_server_url, "auth_race") as url:
+        settings = {"ENVIRONMENT": "test", "SECRET_KEY": TEST_SECRET, "DATABASE_URL": url}
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda _: run(tmp_path, ["-m", "auth_service", "migrate"], settings), range(3)))
+        for result in results:
+            assert result.returncode == 0, result.stderr
+        assert sum("Running upgrade  -> 0001" in result.stderr for result in results) == 1
+        assert schema_is_current(url)
+
+
 def test_migrate_into_a_missing_folder_says_so(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'missing' / 'auth.db'}"
     settings = {"ENVIRONMENT": "production", "SECRET_KEY": GOOD_KEY, "DATABASE_URL": url}
