@@ -20,8 +20,8 @@ COPY auth_service ./auth_service
 # /data holds the SQLite default (and, in development, the generated key beside it). No
 # VOLUME here (it would leave an anonymous volume behind each `docker run`): mount a named
 # volume (-v auth-data:/data) or a host folder owned by 10001:10001.
-RUN groupadd --system --gid 10001 auth \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /app --shell /usr/sbin/nologin auth \
+RUN groupadd --gid 10001 auth \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /app --shell /usr/sbin/nologin auth \
     && mkdir -p /data \
     && chown 10001:10001 /data
 USER 10001:10001
@@ -36,6 +36,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
 
 # `migrate` checks every setting (a bad one stops the container with one line), waits up to
 # DATABASE_WAIT_SECONDS for the database, and upgrades it; then `exec` makes uvicorn PID 1,
-# so `docker stop` (SIGTERM) shuts it down gracefully. FORWARDED_ALLOW_IPS (the app's
-# setting) decides which proxies to trust, not uvicorn; the app logs each request itself.
+# so `docker stop` (SIGTERM) shuts it down gracefully. While `migrate` waits, the shell is
+# PID 1 and ignores SIGTERM: run with --init (the compose file does) to stop at once then.
+# FORWARDED_ALLOW_IPS (the app's setting) decides which proxies to trust, not uvicorn; the
+# app logs each request itself.
 CMD ["sh", "-c", "python -m auth_service migrate && exec uvicorn --factory auth_service.main:create_app --host 0.0.0.0 --port 8000 --no-proxy-headers --no-access-log --workers ${WEB_CONCURRENCY:-1}"]

@@ -46,10 +46,10 @@ lock: $(VENV)/.dev
 	$(LOCK) requirements.in -o requirements.txt
 	$(LOCK) requirements-dev.in -o requirements-dev.txt
 
-## image: build the container image (docker; `make image DOCKER=podman` works too)
+## image: build the container image (DOCKER=podman adds --format docker, which keeps the HEALTHCHECK)
 DOCKER ?= docker
 image:
-	$(DOCKER) build -t auth_service .
+	$(DOCKER) build $(if $(findstring podman,$(DOCKER)),--format docker) -t auth_service .
 
 ## bench: hashing, login and /users/me under load, against a local server
 bench: $(VENV)/.dev
