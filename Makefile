@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint migrate bench clean
+# The locks serve every platform and Python 3.11 or newer; --upgrade (make lock LOCK_ARGS=--upgrade)
+# moves every package to its newest version, else the versions already locked are kept.
+LOCK := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" $(LOCK_ARGS)
+
+.PHONY: run test lint migrate lock image bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
@@ -21,7 +25,7 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 
 ## migrate: bring the database (DATABASE_URL, default ./auth.db) to the latest schema
 migrate: $(VENV)/.runtime
-	$(BIN)/alembic upgrade head
+	$(BIN)/python -m auth_service migrate
 
 ## run: install, migrate, and serve on http://$(HOST):$(PORT) (Swagger at /docs)
 run: migrate
@@ -36,6 +40,16 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## lock: compile requirements.in and requirements-dev.in into the hashed requirements*.txt
+lock: $(VENV)/.dev
+	$(LOCK) requirements.in -o requirements.txt
+	$(LOCK) requirements-dev.in -o requirements-dev.txt
+
+## image: build the container image (DOCKER=podman adds --format docker, which keeps the HEALTHCHECK)
+DOCKER ?= docker
+image:
+	$(DOCKER) build $(if $(findstring podman,$(DOCKER)),--format docker) -t auth_service .
 
 ## bench: hashing, login and /users/me under load, against a local server
 bench: $(VENV)/.dev

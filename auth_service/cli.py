@@ -3,19 +3,33 @@
 import argparse
 import contextlib
 import getpass
+import logging
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session, col, select
 
 from auth_service import clients, one_time_tokens, signing_keys, throttle
 from auth_service.accounts import create_superuser, find_user_by_email, promote_to_superuser
 from auth_service.audit import prune_events
-from auth_service.config import Settings
-from auth_service.db import make_engine, new_session
+from auth_service.config import Settings, load_settings
+from auth_service.db import (
+    DatabaseUnavailable,
+    database_address,
+    describe_database_error,
+    make_engine,
+    new_session,
+    wait_for_database,
+)
+from auth_service.logs import configure_logging
 from auth_service.models import Role, UserRole
 from auth_service.outbox import deliver_due, prune_delivered, run_sender
 from auth_service.password_policy import password_problems
@@ -24,6 +38,10 @@ from auth_service.security import ASYMMETRIC
 from auth_service.sessions import prune_sessions
 
 ADMIN_PASSWORD_ENV = "ADMIN_PASSWORD"
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+MIGRATE_LOCK_KEY = 0x6D696772  # any constant: the PostgreSQL advisory lock held while migrating
+
+logger = logging.getLogger("auth_service.migrate")
 
 
 def _admin_password(args: argparse.Namespace) -> str:
@@ -134,6 +152,35 @@ def prune(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Wait for the database (up to DATABASE_WAIT_SECONDS), then upgrade it to the latest schema."""
+    configure_logging(settings)
+    where = database_address(settings.database_url)
+    try:
+        wait_for_database(settings.database_url, settings.database_wait_seconds)
+    except DatabaseUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    config = Config(str(ALEMBIC_INI))
+    # Alembic's env.py takes this connection as is: no second engine, and our log format.
+    # A plain engine, not make_engine's: SQLite's foreign_keys pragma must stay off while
+    # batch migrations copy and drop tables.
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # replicas starting together migrate one at a time
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as exc:
+        hint = " (does its folder exist, writable by this user?)" if settings.is_sqlite else ""
+        problem = describe_database_error(exc, settings.database_url)
+        raise SystemExit(f"error: migrating the database at {where} failed: {problem}{hint}") from None
+    finally:
+        engine.dispose()
+    logger.info("the database at %s has the latest schema", where)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m auth_service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--name", required=True)
     client.add_argument("--permissions", help="comma- or space-separated, e.g. users:read,audit:read")
     client.set_defaults(run=create_client)
+    commands.add_parser("migrate", help=migrate.__doc__).set_defaults(run=migrate)
     args = parser.parse_args(argv)
+    settings = load_settings(Settings)  # every command checks every setting: a bad one stops it with one line
     try:
-        return int(args.run(Settings(), args))
+        return int(args.run(settings, args))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     except (OperationalError, ProgrammingError) as exc:

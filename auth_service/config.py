@@ -1,7 +1,8 @@
 """Settings, read once from the environment and `.env`.
 
 Every setting is listed with its default in the README. Secrets are `SecretStr` so
-they never show up in a repr, a log line or a traceback.
+they never show up in a repr, a log line or a traceback, and validation errors never
+quote what was given (`hide_input_in_errors`): a rejected SECRET_KEY is still a secret.
 """
 
 import contextlib
@@ -11,15 +12,17 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BeforeValidator, DirectoryPath, Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, DirectoryPath, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 MIN_SECRET_BYTES = 32
 PLACEHOLDER_SECRETS = {"changethis", "changeme", "secret", "secret-key", "your-secret-key", "dev", "test"}
 SECRET_KEY_FILE = ".auth_secret_key"
+MAKE_A_KEY = """python -c 'import secrets; print(secrets.token_urlsafe(48))'"""
 
 
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -53,11 +56,26 @@ RateLimitSetting = Annotated[Limit | None, BeforeValidator(parse_limit)]
 class DatabaseSettings(BaseSettings):
     """Just the database, for Alembic: migrating needs no secret key."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # env_ignore_empty: `SMTP_HOST: ${SMTP_HOST:-}` in a compose file means "not set", not "".
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True, hide_input_in_errors=True)
 
     database_url: str = "sqlite:///./auth.db"
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=20, ge=0)
+    database_wait_seconds: float = Field(default=60, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        """Refuse a malformed URL here: SQLAlchemy's own error would quote it, password and all."""
+        try:
+            make_url(value).get_dialect()
+        except (ArgumentError, NoSuchModuleError, ValueError):
+            raise ValueError(
+                "DATABASE_URL is not a database URL: write it like postgresql+psycopg2://user:password@host:5432/name"
+                " or sqlite:///./auth.db"
+            ) from None
+        return value
 
 
 class Settings(DatabaseSettings):
@@ -98,7 +116,7 @@ class Settings(DatabaseSettings):
     password_reset_token_minutes: int = Field(default=60, ge=1)
     email_backend: Literal["console", "smtp"] = "console"
     email_from: str = "auth_service <no-reply@localhost>"
-    smtp_host: str = "localhost"
+    smtp_host: str | None = None
     smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
@@ -149,6 +167,13 @@ class Settings(DatabaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_smtp_host(self) -> "Settings":
+        """An SMTP backend without a server would fail every mail at send time: say so at start-up."""
+        if self.environment == "production" and self.email_backend == "smtp" and not self.smtp_host:
+            raise ValueError("EMAIL_BACKEND=smtp needs SMTP_HOST (the mail server's host name)")
+        return self
+
+    @model_validator(mode="after")
     def _check_proxies(self) -> "Settings":
         if self.environment == "production" and "*" in self.forwarded_allow_ips:
             raise ValueError("FORWARDED_ALLOW_IPS=* lets any client forge its address; name your proxies")
@@ -163,6 +188,8 @@ class Settings(DatabaseSettings):
             found.append(
                 "SMTP without TLS (SMTP_STARTTLS or SMTP_SSL): mails with live links cross the network in clear"
             )
+        if self.email_backend == "smtp" and not self.smtp_host:  # refused in production
+            found.append("EMAIL_BACKEND=smtp without SMTP_HOST: no mail can be sent")
         if self.environment == "production" and self.email_backend == "console":
             found.append("EMAIL_BACKEND=console in production: mails, with their live links, go to the log")
         return found
@@ -170,15 +197,19 @@ class Settings(DatabaseSettings):
     @model_validator(mode="after")
     def _check_secret_key(self) -> "Settings":
         """Refuse weak keys outside development; in development keep one generated key on disk."""
+        make_one = f"make one with: {MAKE_A_KEY}"
         if self.secret_key is None:
             if self.environment != "development":
-                raise ValueError("SECRET_KEY is required outside development (at least 32 random bytes)")
+                raise ValueError(
+                    f"SECRET_KEY is required with ENVIRONMENT={self.environment} (at least 32 random bytes): {make_one}"
+                    " (or set ENVIRONMENT=development to try the service with a generated key)"
+                )
             self.secret_key = SecretStr(load_or_create_dev_secret(self.secret_key_path))
             return self
         key = self.secret_key.get_secret_value()
         weak = len(key.encode()) < MIN_SECRET_BYTES or key.lower() in PLACEHOLDER_SECRETS
         if weak and self.environment != "development":
-            raise ValueError("SECRET_KEY must be at least 32 bytes and not a placeholder")
+            raise ValueError(f"SECRET_KEY is too weak: it must be at least 32 bytes and not a placeholder; {make_one}")
         return self
 
     @property
@@ -203,6 +234,30 @@ class Settings(DatabaseSettings):
             if database and database != ":memory:":
                 return Path(database).resolve().parent / SECRET_KEY_FILE
         return Path.cwd() / SECRET_KEY_FILE
+
+
+AnySettings = TypeVar("AnySettings", bound=DatabaseSettings)
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line naming each bad setting and what is wrong, never what was given."""
+    problems = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        name = ".".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{name}: {message}" if name and name not in message else message)
+    return "; ".join(problems)
+
+
+def load_settings(cls: type[AnySettings]) -> AnySettings:
+    """Read the settings, or stop the process with one clear line (no traceback, no secret):
+    the start-up path of the app, the CLI and Alembic alike."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise SystemExit(f"error: invalid settings: {describe_errors(exc)}") from None
+    except OSError as exc:  # the development key beside the database could not be written
+        raise SystemExit(f"error: {exc.strerror}: {exc.filename} (is the folder writable by this user?)") from None
 
 
 def load_or_create_dev_secret(path: Path) -> str:

@@ -1,12 +1,18 @@
-"""The engine, the per-request session, and the readiness probe."""
+"""The engine, the per-request session, the readiness probe, and waiting for the database."""
 
+import logging
+import time
 from typing import Any
 
 from sqlalchemy import Engine, event, func, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
 
+logger = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
@@ -16,18 +22,23 @@ def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) 
     wait for the lock rather than raise "database is locked". pysqlite's default starts
     the transaction at the first write, so a transaction never upgrades a stale read
     snapshot (which SQLite would refuse at once).
+
+    hide_parameters: a database error in the log shows the SQL, never the values bound to
+    it (password hashes, token hashes).
     """
     if not database_url.startswith("sqlite"):
         return create_engine(
             database_url,
+            hide_parameters=True,
             pool_pre_ping=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
-            connect_args={"connect_timeout": 5},
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
         )
     in_memory = make_url(database_url).database in (None, "", ":memory:")
     engine = create_engine(
         database_url,
+        hide_parameters=True,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
         **({} if in_memory else {"pool_size": pool_size, "max_overflow": max_overflow}),
     )
@@ -73,3 +84,61 @@ def database_is_ready(engine: Engine) -> bool:
         return True
     except SQLAlchemyError:
         return False
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer within DATABASE_WAIT_SECONDS."""
+
+
+def database_address(database_url: str) -> str:
+    """Where the database is, for messages: host:port, or the SQLite file; never the password."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return f"{url.host}:{url.port or 5432}" if url.host else "the local socket"
+
+
+def describe_database_error(exc: BaseException, database_url: str) -> str:
+    """The driver's own first line ("Connection refused", "database ... does not exist"),
+    without SQLAlchemy's statement and parameters, and with the password masked should
+    a driver ever quote it."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    message = lines[0].strip() if lines else type(original).__name__
+    password = make_url(database_url).password
+    return message.replace(password, "***") if password else message
+
+
+def wait_for_database(database_url: str, seconds: float) -> None:
+    """Connect, retrying for up to `seconds`: a container started beside its database must not
+    die because the database is still starting (nor retry forever without a word). SQLite is
+    a file: nothing to wait for."""
+    if make_url(database_url).get_backend_name() == "sqlite":
+        return
+    where = database_address(database_url)
+    engine = create_engine(database_url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                if attempt > 1:
+                    logger.info("the database at %s answers (attempt %d)", where, attempt)
+                return
+            except DBAPIError as exc:  # refused, still starting up, not created yet...
+                problem = describe_database_error(exc, database_url)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseUnavailable(
+                        f"the database at {where} did not answer within {seconds:g} s ({attempt} attempts): {problem}"
+                        " (DATABASE_WAIT_SECONDS sets how long to wait)"
+                    ) from None
+                logger.warning(
+                    "waiting for the database at %s (attempt %d, %.0f s left): %s", where, attempt, left, problem
+                )
+                time.sleep(min(attempt, 5, left))
+    finally:
+        engine.dispose()

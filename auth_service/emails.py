@@ -73,6 +73,8 @@ def send_mail(settings: Settings, mail: Mail) -> None:
     message["Message-ID"] = make_msgid(domain=settings.email_from.rpartition("@")[2].strip("> ") or None)
     message.set_content(mail.text)
     message.add_alternative(mail.html, subtype="html")
+    if not settings.smtp_host:
+        raise RuntimeError("EMAIL_BACKEND=smtp but SMTP_HOST is not set")
     smtp_class = smtplib.SMTP_SSL if settings.smtp_ssl else smtplib.SMTP
     context = ssl.create_default_context()
     kwargs: dict[str, Any] = {"timeout": settings.smtp_timeout}

@@ -12,7 +12,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from auth_service import __version__, signing_keys
 from auth_service.accounts import create_superuser, find_user_by_email
-from auth_service.config import Settings
+from auth_service.config import Settings, load_settings
 from auth_service.db import make_engine, new_session
 from auth_service.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from auth_service.logs import configure_logging
@@ -30,7 +30,7 @@ username, then try `GET /users/me`. Errors have one shape: `{"detail": ..., "cod
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings(Settings)  # a bad setting exits with one line, no traceback
     configure_logging(settings)
     engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
 

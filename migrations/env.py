@@ -8,7 +8,7 @@ from sqlalchemy import Connection, engine_from_config, pool
 from sqlmodel.sql.sqltypes import AutoString
 
 from auth_service import models  # noqa: F401  (registers the tables)
-from auth_service.config import DatabaseSettings
+from auth_service.config import DatabaseSettings, load_settings
 from auth_service.models import UTCDateTime, metadata
 
 config = context.config
@@ -44,7 +44,7 @@ def run_online() -> None:
     if connection is not None:
         run(connection)
         return
-    url = config.get_main_option("sqlalchemy.url") or DatabaseSettings().database_url
+    url = config.get_main_option("sqlalchemy.url") or load_settings(DatabaseSettings).database_url
     engine = engine_from_config({"sqlalchemy.url": url}, prefix="sqlalchemy.", poolclass=pool.NullPool)
     with engine.connect() as connection:
         run(connection)

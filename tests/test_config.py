@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from auth_service.config import Limit, Settings, load_or_create_dev_secret
+from auth_service.config import DatabaseSettings, Limit, Settings, load_or_create_dev_secret, load_settings
 
 GOOD_KEY = "k" * 40
 
@@ -131,3 +131,88 @@ def test_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_max_body_bytes_defaults_to_64_kib() -> None:
     assert settings(secret_key=GOOD_KEY).max_body_bytes == 64 * 1024
+
+
+# --- empty values, SMTP, and secrets never quoted ---------------------------------------
+
+SECRETS = {
+    "SECRET_KEY": "weak-but-private-key",
+    "SMTP_PASSWORD": "smtp-password-1234",
+    "WEBHOOK_SECRET": "webhook-secret-5678",
+    "METRICS_TOKEN": "metrics-token-9012",
+    "FIRST_SUPERUSER_PASSWORD": "first-superuser-password-3456",
+}
+
+
+def test_empty_environment_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SMTP_HOST: ${SMTP_HOST:-}` in a compose file passes "": that is the default, not an empty host."""
+    for name in ("SMTP_HOST", "SMTP_PORT", "LOGIN_IP_LIMIT", "CORS_ORIGINS", "METRICS", "EMAIL_FROM"):
+        monkeypatch.setenv(name, "")
+    values = settings(secret_key=GOOD_KEY)
+    assert values.smtp_host is None and values.smtp_port == 25
+    assert values.login_ip_limit == Limit(1000, 900)  # not "off"
+    assert values.cors_origins == [] and values.metrics is None
+    assert values.email_from == Settings.model_fields["email_from"].default
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("SECRET_KEY", "")
+    with pytest.raises(ValidationError, match="SECRET_KEY is required"):
+        settings()
+
+
+def test_lists_and_proxies_are_read_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.1, 10.0.1.0/24")
+    monkeypatch.setenv("WEBHOOK_URLS", "https://hooks.example/a")
+    monkeypatch.setenv("SMTP_HOST", "mail.example")
+    values = settings(secret_key=GOOD_KEY)
+    assert values.forwarded_allow_ips == ["10.0.0.1", "10.0.1.0/24"]
+    assert values.webhook_urls == ["https://hooks.example/a"]
+    assert values.smtp_host == "mail.example"
+
+
+def test_smtp_without_a_host_is_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_HOST", "")
+    with pytest.raises(ValidationError, match="SMTP_HOST"):
+        settings(environment="production", secret_key=GOOD_KEY, email_backend="smtp")
+    production = settings(environment="production", secret_key=GOOD_KEY, email_backend="smtp", smtp_host="mail.example")
+    assert production.smtp_host == "mail.example"
+    assert settings(environment="production", secret_key=GOOD_KEY, email_backend="console").smtp_host is None
+    assert settings(secret_key=GOOD_KEY, email_backend="smtp").smtp_host is None  # development: a warning at start
+
+
+def test_no_secret_is_quoted_in_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every secret set, and several settings wrong: neither the exception nor the one-line
+    message of load_settings quotes a secret (pydantic would, as `input_value=`)."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg2://auth:db-password-7890@db:5432/auth")
+    for broken in ({}, {"SMTP_PORT": "not-a-port"}, {"METRICS": "token", "METRICS_TOKEN": ""}):
+        for name, value in broken.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(ValidationError) as caught:
+            settings()
+        with pytest.raises(SystemExit) as stopped:
+            load_settings(Settings)
+        shown = f"{caught.value}\n{caught.value!r}\n{stopped.value.code}"
+        for secret in [*SECRETS.values(), "db-password-7890"]:
+            assert secret not in shown
+        assert str(stopped.value.code).startswith("error: invalid settings: ") and "\n" not in str(stopped.value.code)
+
+
+def test_a_weak_key_message_says_how_to_make_one() -> None:
+    with pytest.raises(ValidationError) as caught:
+        settings(environment="production", secret_key="short")
+    assert "secrets.token_urlsafe(48)" in str(caught.value) and "'short'" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["postgres//auth:db-password-7890@db/auth", "postgres://auth:db-password-7890@db/auth"])
+def test_a_malformed_database_url_is_refused_without_quoting_it(url: str) -> None:
+    with pytest.raises(ValidationError, match="DATABASE_URL") as caught:
+        DatabaseSettings(_env_file=None, database_url=url)
+    assert "db-password-7890" not in str(caught.value)
+
+
+def test_database_wait_seconds() -> None:
+    assert DatabaseSettings(_env_file=None).database_wait_seconds == 60
+    with pytest.raises(ValidationError, match="database_wait_seconds"):
+        DatabaseSettings(_env_file=None, database_wait_seconds=-1)
