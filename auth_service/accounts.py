@@ -22,15 +22,13 @@ from auth_service.principals import Principal
 from auth_service.roles import granted_permissions, role_names
 from auth_service.schemas import UserPublic, normalize_email
 from auth_service.security import hash_password
-from auth_service.sessions import find_account, revoke_user_sessions
+from auth_service.sessions import revoke_user_sessions
 
 logger = logging.getLogger(__name__)
 
 
-def authenticate(
-    session: Session, settings: Settings, username: str, password: str
-) -> tuple[PasswordCheck, tuple[User, list[str], frozenset[str]]]:
-    """The password check of a login, and the account with its roles; else
+def authenticate(session: Session, settings: Settings, username: str, password: str) -> tuple[PasswordCheck, User]:
+    """The password check of a login, and its account; else
     INVALID_CREDENTIALS (400, invalid_grant), or 429 while the name is locked.
 
     An unknown or malformed email still costs one hash verification, so the time of the
@@ -42,17 +40,16 @@ def authenticate(
         email = None
     # The throttle key: a malformed name may be a password typed in the wrong field.
     login_name = email or f"name:{credentials.name_digest(settings, username)}"
-    account = find_account(session, email) if email else None
-    user = account[0] if account else None
+    user = find_user_by_email(session, email) if email else None
     check = credentials.verify(session, settings, login_name, user, password)
-    assert user is not None and account is not None  # verify raised otherwise
+    assert user is not None  # verify raised otherwise
     if not user.is_active:
         _refuse_right_password(session, settings, check, user, "inactive")
         raise AppError(400, ErrorCode.INACTIVE_USER, "This account is deactivated.", oauth_error="invalid_grant")
     if settings.require_verified_email and not user.is_verified:
         _refuse_right_password(session, settings, check, user, "email_not_verified")
         raise email_not_verified("invalid_grant")
-    return check, account
+    return check, user
 
 
 def _refuse_right_password(session: Session, settings: Settings, check: PasswordCheck, user: User, reason: str) -> None:
@@ -180,6 +177,11 @@ def admin_update_user(
     check_can_manage(session, actor, user, changes)
     if changes.get("is_active") is False or changes.get("is_superuser") is False:
         check_not_self(actor, user, "deactivate or demote your own account")
+    if user.id == actor.id and {"email", "password", "is_verified"} & changes.keys():
+        # A stolen admin token must not move the admin's own account: /users/me asks for the password.
+        raise permission_denied("Change your own email or password with /users/me (it asks for your password).")
+    if "email" in changes and changes["email"] != user.email:
+        mail_budget(session, settings, changes["email"])  # the new address gets a verification mail
     new_hash = _new_password_hash(session, settings, user, changes)
     removes_superuser = changes.get("is_active") is False or changes.get("is_superuser") is False
     keep_a_superuser(session, user, removing=removes_superuser)
@@ -306,11 +308,12 @@ def admin_delete_user(session: Session, settings: Settings, actor: Principal, us
 
 
 def delete_user(session: Session, settings: Settings, user: User, *, actor_id: uuid.UUID) -> None:
-    """Sessions, tokens and role links go with the user (ON DELETE CASCADE); the audit trail stays."""
-    audit.record(
-        session, settings, "user.deleted", actor_id=actor_id, subject_id=user.id, details={"email": user.email}
-    )
+    """Sessions, tokens and role links go with the user (ON DELETE CASCADE); the audit trail stays.
+    The delete is flushed before the audit event, so its row locks come before the audit lock."""
+    details = {"email": user.email}
     session.delete(user)
+    session.flush()
+    audit.record(session, settings, "user.deleted", actor_id=actor_id, subject_id=user.id, details=details)
     session.commit()
 
 
@@ -360,7 +363,11 @@ def promote_to_superuser(session: Session, settings: Settings, user: User, passw
     --promote-existing`): the given password replaces the old one, every session of the
     account ends, and the address counts as verified."""
     new_hash = hash_password(settings, password)
+    email = user.email
     user = lock_user(session, user.id)
+    if user.email != email:  # moved to another address while we hashed: not the account asked for
+        session.rollback()
+        raise ValueError(f"the account at {email} changed its address meanwhile; nothing changed")
     user.hashed_password = new_hash
     user.credentials_version += 1
     user.is_superuser = True

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, col, select
 
-from auth_service import clients, one_time_tokens, signing_keys, throttle
+from auth_service import audit, clients, one_time_tokens, signing_keys, throttle
 from auth_service.accounts import create_superuser, find_user_by_email, promote_to_superuser
 from auth_service.audit import prune_events
 from auth_service.config import Settings, load_settings
@@ -29,6 +29,7 @@ from auth_service.db import (
     new_session,
     wait_for_database,
 )
+from auth_service.locks import lock_user
 from auth_service.logs import configure_logging
 from auth_service.models import Role, UserRole
 from auth_service.outbox import deliver_due, prune_delivered, run_sender
@@ -83,17 +84,27 @@ def create_admin(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def grant_role(settings: Settings, args: argparse.Namespace) -> int:
-    """Give a user a role, for the first setup (no permission check: you own the database)."""
-    with Session(make_engine(settings.database_url)) as session:
+    """Give a user a role, for the first setup (no permission check: you own the database).
+    Only to a verified address (whoever signed up first with it may not be its owner),
+    unless --force."""
+    with new_session(make_engine(settings.database_url)) as session:
         user = find_user_by_email(session, normalize_email(args.email))
         if user is None:
             raise SystemExit(f"no user with the email {args.email}")
         role = session.exec(select(Role).where(col(Role.name) == args.role)).first()
         if role is None:
             raise SystemExit(f"no role named {args.role}")
+        user = lock_user(session, user.id)
+        if not user.is_verified and not args.force:
+            raise SystemExit(
+                f"error: {user.email} is not verified: anyone could have signed up with it. Verify it first "
+                "(or run again with --force if you know whose account it is)"
+            )
         if session.get(UserRole, (user.id, role.id)) is None:
             session.add(UserRole(user_id=user.id, role_id=role.id))
-            session.commit()
+            details = {"role": role.name, "by": "cli"}
+            audit.record(session, settings, "role.assigned", subject_id=user.id, details=details)
+        session.commit()
     print(f"{args.email}: holds role {args.role}")
     return 0
 
@@ -196,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     grant = commands.add_parser("grant-role", help=grant_role.__doc__)
     grant.add_argument("--email", required=True)
     grant.add_argument("--role", required=True)
+    grant.add_argument("--force", action="store_true", help="also to an address nobody has verified")
     grant.set_defaults(run=grant_role)
     sender = commands.add_parser("send-mail", help=send_mail.__doc__)
     sender.add_argument("--once", action="store_true", help="one round, then exit (for cron)")

@@ -168,6 +168,8 @@ def rotate_secret(session: Session, settings: Settings, actor: Principal, client
 
 def delete_client(session: Session, settings: Settings, actor: Principal, client: Client) -> None:
     check_can_manage(actor, client)
-    audit.record(session, settings, "client.deleted", actor_id=actor.id, details={"client_id": client.client_id})
+    details = {"client_id": client.client_id}
     session.delete(client)
+    session.flush()  # row locks before the audit lock (see audit.record)
+    audit.record(session, settings, "client.deleted", actor_id=actor.id, details=details)
     session.commit()

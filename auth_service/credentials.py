@@ -1,11 +1,11 @@
-"""Password checks that hold: throttled at the hash, and acted on only if still current.
+"""Password checks that hold: reserved before the hash, and acted on only if still current.
 
-A password check is slow (Argon2id), and the account can change while it runs. So the
-lockout is asked right before the hash and a failure counted right after it, both in
-the hash slot (N simultaneous guesses cannot all slip under the limit), and whatever a
-check leads to (a session, a new password, a deleted account) commits only if the
-account's `credentials_version` is still the one read with the hash: a login that
-started before a password change can never outlive it.
+A password check is slow (Argon2id), and the account can change while it runs. So a
+check is reserved in the database before its hash (N simultaneous guesses cannot all slip
+under the lockout, on any number of workers), and whatever it leads to (a session, a new
+password, a deleted account) commits only if the account's `credentials_version` is
+still the one read with the hash: a login that started before a password change can
+never outlive it.
 """
 
 import hashlib
@@ -24,7 +24,7 @@ from auth_service.errors import AppError, ErrorCode
 from auth_service.metrics import LOGINS
 from auth_service.models import User
 from auth_service.request_context import client_ip
-from auth_service.security import hash_slot, verify_password_in_slot
+from auth_service.security import verify_password
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,17 @@ def verify(
     password_hash = user.hashed_password if user else None
     release_connection(session)  # no connection or lock held across the hash
     ip, engine = client_ip(), _engine(session)
-    with hash_slot(settings):  # the lock is asked, and a failure counted, inside the slot
-        try:
-            throttle.refuse_if_locked(engine, settings, login_name, ip)
-        except AppError:
-            LOGINS.labels("throttled").inc()
-            raise
-        ok, new_hash = verify_password_in_slot(settings, password, password_hash)
-        if not ok or user is None:
-            throttle.note_login_failure(engine, settings, login_name, ip)
+    try:
+        throttle.reserve_password_check(engine, settings, login_name, ip)
+    except AppError:
+        LOGINS.labels("throttled").inc()
+        raise
+    try:
+        ok, new_hash = verify_password(settings, password, password_hash)
+    except BaseException:  # the hash queue was full (503): no check happened
+        throttle.end_password_check(engine, settings, login_name, ip, failed=False)
+        raise
+    throttle.end_password_check(engine, settings, login_name, ip, failed=not ok or user is None)
     if not ok or user is None:
         record_failure(session, settings, user, login_name, reason)
         raise error or invalid_credentials()

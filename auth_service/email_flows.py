@@ -65,7 +65,14 @@ def queue_verification(session: Session, settings: Settings, user: User) -> None
 
 
 def verify_email(session: Session, settings: Settings, token: str) -> User:
-    user = one_time_tokens.consume(session, token, one_time_tokens.VERIFY_EMAIL)
+    """Mark the address verified. The account row is locked first, as every change to an
+    account locks it first (no deadlock with an email change), then the token spent."""
+    row, user = one_time_tokens.check(session, token, one_time_tokens.VERIFY_EMAIL)
+    user = lock_user(session, user.id)
+    if user.email != row.email:  # the address changed since the link was sent
+        session.rollback()
+        raise AppError(400, ErrorCode.INVALID_TOKEN, one_time_tokens.INVALID)
+    one_time_tokens.spend(session, row)
     user.is_verified = True
     user.updated_at = utcnow()
     session.add(user)

@@ -116,8 +116,10 @@ def delete_role(session: Session, settings: Settings, actor: Principal, role: Ro
     """Holders lose it with it (the link rows cascade)."""
     check_holds_role(actor, role)
     check_not_builtin(role, "deleted")
-    audit.record(session, settings, "role.deleted", actor_id=actor.id, details={"role": role.name})
+    name = role.name
     session.delete(role)
+    session.flush()  # the cascade's row locks before the audit lock (see audit.record)
+    audit.record(session, settings, "role.deleted", actor_id=actor.id, details={"role": name})
     session.commit()
 
 

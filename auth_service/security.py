@@ -7,7 +7,7 @@ import threading
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -83,29 +83,18 @@ def hash_password(settings: Settings, password: str) -> str:
         return hasher.hash.hash(normalize_password(password))
 
 
-def hash_slot(settings: Settings) -> AbstractContextManager[None]:
-    """A turn at hashing (503 at once when too many wait): what runs inside it is bounded
-    by HASH_CONCURRENCY, so a check done just before the hash bounds how many hashes race it."""
-    return _get_hasher(settings).turn()
-
-
-def verify_password_in_slot(settings: Settings, password: str, password_hash: str | None) -> tuple[bool, str | None]:
-    """Check a password inside a `hash_slot`; also give a new hash when the stored one used
-    older parameters.
+def verify_password(settings: Settings, password: str, password_hash: str | None) -> tuple[bool, str | None]:
+    """Check a password; also give a new hash when the stored one used older parameters.
 
     With no hash (unknown email) it verifies against a dummy hash, so the answer takes
     as long as for a real account.
     """
-    hasher = _get_hasher(settings).hash
-    if password_hash is None:
-        hasher.verify_and_update(normalize_password(password), _dummy_hash(settings))
-        return False, None
-    return hasher.verify_and_update(normalize_password(password), password_hash)
-
-
-def verify_password(settings: Settings, password: str, password_hash: str | None) -> tuple[bool, str | None]:
-    with hash_slot(settings):
-        return verify_password_in_slot(settings, password, password_hash)
+    hasher = _get_hasher(settings)
+    with hasher.turn():
+        if password_hash is None:
+            hasher.hash.verify_and_update(normalize_password(password), _dummy_hash(settings))
+            return False, None
+        return hasher.hash.verify_and_update(normalize_password(password), password_hash)
 
 
 def _dummy_hash(settings: Settings) -> str:

@@ -17,8 +17,8 @@ from auth_service.config import Settings
 from auth_service.credentials import PasswordCheck, commit_if_current
 from auth_service.errors import BEARER_INVALID, AppError, ErrorCode, email_not_verified
 from auth_service.metrics import LOGINS
-from auth_service.models import RefreshToken, Role, User, UserRole, UserSession, utcnow
-from auth_service.principals import Principal, effective_permissions
+from auth_service.models import RefreshToken, User, UserSession, utcnow
+from auth_service.principals import Principal
 from auth_service.request_context import current_request
 from auth_service.schemas import IntrospectResponse, Token
 from auth_service.security import (
@@ -33,22 +33,6 @@ from auth_service.security import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def find_account(session: Session, email: str) -> tuple[User, list[str], frozenset[str]] | None:
-    """The account logging in, with what its token will say it may do (one query)."""
-    rows = session.exec(
-        select(User, Role.name, Role.permissions)
-        .outerjoin(UserRole, col(UserRole.user_id) == col(User.id))
-        .outerjoin(Role, col(Role.id) == col(UserRole.role_id))
-        .where(col(User.email) == email)
-    ).all()
-    if not rows:
-        return None
-    user = rows[0][0]
-    role_names = sorted(name for _, name, _ in rows if name is not None)
-    granted = {permission for _, _, permissions in rows for permission in permissions or []}
-    return user, role_names, effective_permissions(user.is_superuser, granted)
 
 
 def _issue(signer: Signer, settings: Settings, principal: Principal, refresh_token: str) -> Token:
@@ -72,18 +56,13 @@ def _max_age(settings: Settings) -> timedelta:
     return timedelta(days=settings.session_max_days)
 
 
-def start_session(
-    session: Session,
-    settings: Settings,
-    check: PasswordCheck,
-    account: tuple[User, list[str], frozenset[str]],
-) -> Token:
+def start_session(session: Session, settings: Settings, check: PasswordCheck, user: User) -> Token:
     """A new session with its first refresh token, for a password just checked.
 
     It commits only if that password is still the account's (see credentials.py), and
-    with it the rehash under today's Argon2 parameters, if any.
+    with it the rehash under today's Argon2 parameters, if any. The token says what the
+    account may do as of this transaction, not as of before the hash.
     """
-    user, roles, permissions = account
     signer = signing_keys.signer(session.connection(), settings)
     now = utcnow()
     values: dict[str, Any] = {"last_login_at": now}
@@ -106,7 +85,9 @@ def start_session(
     details = {"session_id": str(user_session.id)}
     LOGINS.labels("succeeded").inc()
     audit.record(session, settings, "auth.login_succeeded", actor_id=user.id, subject_id=user.id, details=details)
-    tokens = _issue(signer, settings, Principal(user.id, user_session.id, roles, permissions), refresh_token)
+    principal = principals.load_user(session.connection(), user.id, user_session.id)
+    assert principal is not None  # its row is locked, its session just made
+    tokens = _issue(signer, settings, principal, refresh_token)
     session.commit()
     return tokens
 
@@ -281,10 +262,12 @@ def introspect(session: Session, settings: Settings, token: str) -> IntrospectRe
     except (TokenExpired, TokenInvalid):
         return IntrospectResponse(active=False)
     principal = principals.load(session.connection(), claims, kid)
-    if principal is None or (principal.account is not None and not principal.account.is_active):
+    account = principal.account if principal else None
+    if principal is None or (account is not None and not account.is_active):
         return IntrospectResponse(active=False)
+    if account is not None and settings.require_verified_email and not account.is_verified:
+        return IntrospectResponse(active=False)  # refused by every call of ours, so not live
     permissions = sorted(principal.permissions)
-    account = principal.account
     return IntrospectResponse(
         active=True,
         sub=claims["sub"],

@@ -63,11 +63,14 @@ def enforce(engine: Engine, key: str, limit: Limit | None, what: str = "Too many
 
 # --- logins --------------------------------------------------------------------------------
 #
-# A password check (a login, or a current-password check) asks whether its name or
-# client IP is locked right before the hash, inside the hash slot, and a failure is
-# counted before the slot is given back (credentials.verify). So however many guesses
-# arrive at once, at most LOGIN_MAX_FAILURES + HASH_CONCURRENCY of them (per worker) are
-# ever verified, and honest logins racing each other are never refused for it.
+# A password check (a login, or a current-password check) is reserved in the database
+# before its hash: refused while the name is locked, or while the checks already in flight
+# would pass the failures it has left plus HASH_CONCURRENCY. So however many
+# guesses arrive at once, on however many workers, at most that many are ever verified;
+# honest logins racing each other only meet the bound past it. A failure is counted when
+# the check ends; the client IP gets the same treatment against LOGIN_IP_LIMIT.
+
+IN_FLIGHT_WINDOW = timedelta(minutes=1)  # a check lost to a crash stops counting after this
 
 
 def account_key(email: str) -> str:
@@ -78,53 +81,101 @@ def ip_key(ip: str) -> str:
     return f"login-ip:{ip}"
 
 
+def _in_flight_key(key: str) -> str:
+    return f"{key}:in-flight"
+
+
 def _lock_seconds(settings: Settings, failures: int) -> int:
     """From LOGIN_LOCKOUT_BASE_SECONDS, doubling per failure past the limit, capped."""
     steps = failures - settings.login_max_failures
     return min(settings.login_lockout_base_seconds << min(steps, 30), settings.login_lockout_max_seconds)
 
 
-def refuse_if_locked(engine: Engine, settings: Settings, login_name: str, ip: str | None) -> None:
-    """429 RATE_LIMITED, with Retry-After, while the name is locked or the IP has used up
-    LOGIN_IP_LIMIT; such attempts are not counted. One query for both."""
-    limit = settings.login_ip_limit
-    keys = [account_key(login_name)] + ([ip_key(ip)] if ip and limit else [])
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(table.c.key, table.c.count, table.c.window_start, table.c.locked_until).where(table.c.key.in_(keys))
-        ).all()
+def _relaxed(connection: Connection) -> None:
+    """A lost counter after a crash is harmless: PostgreSQL need not wait for the disk."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
+def _start_check(connection: Connection, key: str, now: datetime) -> int:
+    """Count one more check in flight under `key` (the count restarts after a quiet minute)."""
+    count, _ = _increment(connection, _in_flight_key(key), now, IN_FLIGHT_WINDOW)
+    connection.execute(update(table).where(table.c.key == _in_flight_key(key)).values(window_start=now))
+    return count
+
+
+def _end_check(connection: Connection, key: str) -> None:
+    connection.execute(
+        update(table).where(table.c.key == _in_flight_key(key), table.c.count > 0).values(count=table.c.count - 1)
+    )
+
+
+def _row(connection: Connection, key: str) -> tuple[int, datetime, datetime | None] | None:
+    row = connection.execute(
+        select(table.c.count, table.c.window_start, table.c.locked_until).where(table.c.key == key)
+    ).first()
+    return (int(row[0]), row[1], row[2]) if row else None
+
+
+def reserve_password_check(engine: Engine, settings: Settings, login_name: str, ip: str | None) -> None:
+    """Before the hash: 429 RATE_LIMITED, with Retry-After, while the name is locked, the IP
+    has used up LOGIN_IP_LIMIT, or either has too many checks in flight; such attempts are
+    not counted. Else the check is counted in flight until `end_password_check`."""
     now = utcnow()
-    for key, count, window_start, locked_until in rows:
-        if key == keys[0] and locked_until is not None and locked_until > now:
-            raise rate_limited(_seconds_until(locked_until, now), "Too many failed logins")
-        if key != keys[0] and limit and count >= limit.count:
-            window_end = window_start + timedelta(seconds=limit.seconds)
-            if window_end > now:
-                raise rate_limited(_seconds_until(window_end, now), "Too many failed logins")
+    with engine.begin() as connection:  # raising rolls it back: a refused check counts nowhere
+        _relaxed(connection)
+        in_flight = _start_check(connection, account_key(login_name), now)
+        failures = 0
+        found = _row(connection, account_key(login_name))
+        if found is not None:
+            count, last_failure, locked_until = found
+            if locked_until is not None and locked_until > now:
+                raise rate_limited(_seconds_until(locked_until, now), "Too many failed logins")
+            if last_failure > now - timedelta(seconds=settings.login_failure_reset_seconds):
+                failures = count
+        # Up to the failures left before the lock, plus HASH_CONCURRENCY (after a lock ran
+        # out, just those): at most LOGIN_MAX_FAILURES + HASH_CONCURRENCY guesses in a row.
+        if in_flight > max(settings.login_max_failures - failures, 0) + settings.hash_concurrency:
+            raise rate_limited(1, "Too many logins at once for this account")
+        limit = settings.login_ip_limit
+        if ip and limit:
+            ip_in_flight = _start_check(connection, ip_key(ip), now)
+            ip_row = _row(connection, ip_key(ip))
+            window = timedelta(seconds=limit.seconds)
+            ip_failures = ip_row[0] if ip_row and ip_row[1] > now - window else 0
+            if ip_failures >= limit.count:
+                assert ip_row is not None
+                raise rate_limited(_seconds_until(ip_row[1] + window, now), "Too many failed logins")
+            if ip_in_flight > limit.count - ip_failures + settings.hash_concurrency:
+                raise rate_limited(1, "Too many logins at once from this address")
 
 
-def note_login_failure(engine: Engine, settings: Settings, login_name: str, ip: str | None) -> None:
-    """Count a failure for the name and for the client IP; lock the name past the limit.
+def end_password_check(engine: Engine, settings: Settings, login_name: str, ip: str | None, *, failed: bool) -> None:
+    """After the hash (or a failure to hash): the check is no longer in flight, and a
+    failure is counted for the name and the IP, locking the name past the limit.
 
     The lock doubles with every failure past LOGIN_MAX_FAILURES, from
     LOGIN_LOCKOUT_BASE_SECONDS up to LOGIN_LOCKOUT_MAX_SECONDS. A name's failures are
-    forgotten after LOGIN_FAILURE_RESET_SECONDS without one (each failure restarts that
-    period). A lost counter after a crash is harmless, so PostgreSQL need not wait for
-    the disk.
+    forgotten after LOGIN_FAILURE_RESET_SECONDS without one (each failure restarts it).
     """
     now = utcnow()
     key = account_key(login_name)
+    limit = settings.login_ip_limit if ip else None
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        _relaxed(connection)
+        _end_check(connection, key)
+        if ip and limit:
+            _end_check(connection, ip_key(ip))
+        if not failed:
+            return
         failures, _ = _increment(connection, key, now, timedelta(seconds=settings.login_failure_reset_seconds))
         locked_until = None
         if failures >= settings.login_max_failures:
             locked_until = now + timedelta(seconds=_lock_seconds(settings, failures))
         # window_start is the last failure here: the quiet period runs from it.
         connection.execute(update(table).where(table.c.key == key).values(window_start=now, locked_until=locked_until))
-        if ip and settings.login_ip_limit:
-            _increment(connection, ip_key(ip), now, timedelta(seconds=settings.login_ip_limit.seconds))
+        if ip and limit:
+            _increment(connection, ip_key(ip), now, timedelta(seconds=limit.seconds))
 
 
 def note_password_success(connection: Connection, login_name: str) -> None:

@@ -32,7 +32,7 @@ from auth_service.emails import MAIL
 from auth_service.main import create_app
 from auth_service.models import OutboxMessage, Role, metadata
 from auth_service.permissions import BUILTIN_PERMISSIONS
-from tests.support import TEST_SECRET, free_port, fresh_postgres_database, service_env, wait_until_healthy
+from tests.support import TEST_SECRET, Workers, free_port, fresh_postgres_database, service_env, wait_until_healthy
 
 __all__ = ["TEST_SECRET", "free_port", "service_env", "wait_until_healthy"]
 
@@ -86,6 +86,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "argon2_time_cost": 1,
         "argon2_memory_cost": 1024,
         "argon2_parallelism": 1,
+        "hash_concurrency": 2,  # as on the 2-core CI machine, whatever this one has
         "outbox_worker": False,  # tests deliver with outbox.deliver_due, or turn it on
         "_env_file": None,
     }
@@ -206,6 +207,15 @@ def sign_as_the_service(app: FastAPI, claims: dict[str, Any]) -> str:
 
 
 # --- a real server, for real HTTP clients ---------------------------------------------
+
+
+@pytest.fixture
+def workers(database_url: str, client: TestClient) -> Iterator[Workers]:
+    """Two uvicorn processes on the test database, to start with `.start()` (the `client`
+    fixture emptied it first)."""
+    workers = Workers(database_url)
+    yield workers
+    workers.stop()
 
 
 @dataclass

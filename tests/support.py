@@ -2,15 +2,19 @@
 
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+ROOT_DIR = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
 
@@ -65,3 +69,29 @@ def fresh_postgres_database(server_url: str, prefix: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+class Workers:
+    """uvicorn processes on one database, as two workers or hosts would be."""
+
+    def __init__(self, database_url: str, **settings: str) -> None:
+        self.env = service_env(database_url, LOG_LEVEL="WARNING", HASH_CONCURRENCY="2", **settings)
+        self.ports = [free_port(), free_port()]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> list[str]:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "auth_service.main:create_app", "--no-access-log"]
+        self.processes = [
+            subprocess.Popen([*command, "--port", str(port)], cwd=ROOT_DIR, env=self.env, stderr=subprocess.DEVNULL)
+            for port in self.ports
+        ]
+        for url in self.urls:
+            wait_until_healthy(url)
+        return self.urls
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=10)
+        self.processes = []

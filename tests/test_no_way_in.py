@@ -3,6 +3,7 @@ attacker would, through HTTP: every test here failed before the fix."""
 
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from jose import jwt
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
@@ -20,7 +22,8 @@ from auth_service.config import Settings
 from auth_service.main import create_app
 from auth_service.models import OutboxMessage, RateLimit, User, UserSession, utcnow
 from auth_service.outbox import deliver_due
-from tests.conftest import PASSWORD, Account, LiveServer, login, make_settings, register
+from tests.conftest import PASSWORD, Account, LiveServer, login, make_settings, register, service
+from tests.support import Workers
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -134,7 +137,7 @@ def pause_logins_after_the_hash(
 ) -> tuple[threading.Event, threading.Event]:
     """Logins with `password` stop right after their (successful) hash until released."""
     reached, release = threading.Event(), threading.Event()
-    real_verify = credentials.verify_password_in_slot  # type: ignore[attr-defined]
+    real_verify = credentials.verify_password  # type: ignore[attr-defined]
 
     def verify(settings: Settings, given: str, password_hash: str | None) -> tuple[bool, str | None]:
         result = real_verify(settings, given, password_hash)
@@ -143,7 +146,7 @@ def pause_logins_after_the_hash(
             assert release.wait(10)
         return result
 
-    monkeypatch.setattr(credentials, "verify_password_in_slot", verify)
+    monkeypatch.setattr(credentials, "verify_password", verify)
     return reached, release
 
 
@@ -317,13 +320,13 @@ def test_current_password_guesses_lock_the_account_like_logins(
 
 def count_verifications(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    real_verify = credentials.verify_password_in_slot  # type: ignore[attr-defined]
+    real_verify = credentials.verify_password  # type: ignore[attr-defined]
 
     def verify(settings: Settings, given: str, password_hash: str | None) -> tuple[bool, str | None]:
         calls.append(1)
         return real_verify(settings, given, password_hash)
 
-    monkeypatch.setattr(credentials, "verify_password_in_slot", verify)
+    monkeypatch.setattr(credentials, "verify_password", verify)
     return calls
 
 
@@ -349,6 +352,25 @@ def test_simultaneous_guesses_verify_at_most_the_limit(
     assert len(verified) <= settings.login_max_failures + settings.hash_concurrency
     assert statuses.count(400) == len(verified) and statuses.count(429) == 24 - len(verified)
     assert all(int(a.headers["retry-after"]) >= 1 for a in answers if a.status_code == 429)
+
+
+def test_simultaneous_guesses_across_two_workers_verify_at_most_the_limit(workers: Workers) -> None:
+    """The bound holds for the deployment, not per process: each failed guess answered 400
+    was verified; with LOGIN_MAX_FAILURES=5 and HASH_CONCURRENCY=2, at most 7 of them."""
+    urls = workers.start()
+    httpx.post(f"{urls[0]}/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}).raise_for_status()
+    barrier = threading.Barrier(16)
+
+    def guess(i: int) -> int:
+        with httpx.Client(base_url=urls[i % 2], timeout=60) as http:
+            barrier.wait()
+            return http.post(
+                "/auth/login", data={"username": "ada@example.com", "password": "a wrong guess"}
+            ).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(guess, range(16)))
+    assert set(statuses) <= {400, 429} and statuses.count(400) <= 5 + 2, statuses
 
 
 @pytest.mark.parametrize("settings_overrides", [{"login_ip_limit": "5/hour"}])
@@ -600,3 +622,147 @@ def test_login_failures_for_unknown_names_keep_what_was_typed_secret(
     assert typed not in events and typed.lower() not in events and "ghost@example.com" not in events
     keys = [row.key for row in db.exec(select(RateLimit)).all()]
     assert not any(typed.lower() in key for key in keys)
+
+
+# --- found by a second review -------------------------------------------------------------
+
+
+def test_users_write_cannot_move_its_own_account_through_the_admin_endpoint(
+    client: TestClient, admin: Account, helpdesk: Account
+) -> None:
+    """A stolen admin token must not take over the admin's own account without its password."""
+    for me, headers in ((helpdesk, helpdesk.headers), (admin, admin.headers)):
+        for body in ({"email": "thief@evil.example"}, {"password": NEW_PASSWORD}, {"is_verified": True}):
+            answer = client.patch(f"/users/{me.id}", json=body, headers=headers)
+            assert answer.status_code == 403 and answer.json()["code"] == "PERMISSION_DENIED", body
+        assert client.patch(f"/users/{me.id}", json={"full_name": "Still fine"}, headers=headers).status_code == 200
+    login(client, helpdesk.email, PASSWORD)
+
+
+def test_promote_existing_follows_the_address_not_the_row(
+    client: TestClient, settings: Settings, db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the squatter moves the account to their own address while the operator's password
+    hashes, nothing is promoted."""
+    from auth_service import accounts
+
+    squatter = register(client, "boss@example.com")
+    real_hash = accounts.hash_password  # type: ignore[attr-defined]
+
+    def hash_while_the_squatter_moves(settings: Settings, password: str) -> str:
+        body = {"email": "mallory@example.com", "current_password": PASSWORD}
+        assert client.patch("/users/me", json=body, headers=squatter.headers).status_code == 200
+        return real_hash(settings, password)
+
+    monkeypatch.setattr(accounts, "hash_password", hash_while_the_squatter_moves)
+    found = accounts.find_user_by_email(db, "boss@example.com")
+    assert found is not None
+    with pytest.raises(ValueError, match="changed its address"):
+        accounts.promote_to_superuser(db, settings, found, "the operator's new password")
+    db.expire_all()
+    assert db.exec(select(User).where(col(User.is_superuser))).all() == []
+
+
+def test_a_login_in_flight_signs_what_the_account_holds_when_it_commits(
+    client: TestClient, admin: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ada = register(client, "ada@example.com")
+    give_role(client, admin, ada, "admin", [])
+    reached, release = pause_logins_after_the_hash(monkeypatch, PASSWORD)
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(client.post, "/auth/login", data={"username": ada.email, "password": PASSWORD})
+        assert reached.wait(10)
+        assert client.delete(f"/users/{ada.id}/roles/admin", headers=admin.headers).status_code == 200
+        release.set()
+        late = in_flight.result(timeout=10)
+    assert late.status_code == 200
+    claims = jwt.get_unverified_claims(late.json()["access_token"])
+    assert claims["roles"] == [] and claims["permissions"] == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"require_verified_email": True}])
+def test_introspection_calls_an_unverified_accounts_token_inactive_when_verification_is_required(
+    client: TestClient, admin: Account
+) -> None:
+    body = {"email": "ada@example.com", "password": PASSWORD, "is_verified": True}
+    assert client.post("/users", json=body, headers=admin.headers).status_code == 201
+    tokens = login(client, "ada@example.com")
+    moved = client.patch("/users/me", json={"email": "ada2@example.com", "current_password": PASSWORD},
+                         headers=bearer(tokens["access_token"]))  # fmt: skip
+    assert moved.status_code == 200 and moved.json()["is_verified"] is False
+    introspected = client.post("/auth/introspect", data={"token": tokens["access_token"]}, auth=service(client, admin))
+    assert introspected.json() == {"active": False}
+
+
+def test_deleting_an_account_while_it_logs_out_never_deadlocks(
+    database_url: str, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting cascades to the session rows, which a logout locks: both take their row
+    locks before the audit lock, so neither waits on the other in a cycle (PostgreSQL)."""
+    from auth_service import audit
+
+    url = live_server.url
+    httpx.post(f"{url}/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}).raise_for_status()
+    one, two = (login_over(url, "ada@example.com") for _ in range(2))
+    logout_in, delete_in = threading.Event(), threading.Event()
+    real = audit.record
+
+    def record(session: Any, settings: Any, type: str, **details: Any) -> None:
+        if type == "auth.logout":  # its session row is locked by now
+            logout_in.set()
+            delete_in.wait(2)
+            time.sleep(0.3)
+        if type == "user.deleted":
+            logout_in.wait(5)
+            delete_in.set()
+        real(session, settings, type, **details)
+
+    monkeypatch.setattr(audit, "record", record)
+    with ThreadPoolExecutor(2) as pool:
+        logout = pool.submit(httpx.post, f"{url}/auth/logout", headers=bearer(two["access_token"]), timeout=30)
+        time.sleep(0.1)
+        delete = pool.submit(httpx.request, "DELETE", f"{url}/users/me", json={"password": PASSWORD},
+                             headers=bearer(one["access_token"]), timeout=30)  # fmt: skip
+        statuses = sorted([logout.result().status_code, delete.result().status_code])
+    assert statuses == [204, 204]
+
+
+def test_verifying_while_an_admin_changes_the_email_never_deadlocks(
+    live_server: LiveServer, admin: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both lock the account row first, then the token rows (PostgreSQL)."""
+    from auth_service import accounts, one_time_tokens
+    from tests.conftest import mailed_token, queued_mails
+
+    url = live_server.url
+    ada = httpx.post(f"{url}/auth/signup", json={"email": "ada@example.com", "password": PASSWORD}).json()
+    token = mailed_token(queued_mails(live_server.app, "ada@example.com")[-1])
+    spent, user_locked = threading.Event(), threading.Event()
+    real_spend, real_queue = one_time_tokens.spend, accounts.queue_mail  # type: ignore[attr-defined]
+
+    def spend(session: Any, row: Any) -> None:
+        real_spend(session, row)
+        spent.set()
+        user_locked.wait(2)
+
+    def queue_mail(session: Any, mail: Any) -> None:  # in _apply, the account row locked
+        spent.wait(2)
+        user_locked.set()
+        real_queue(session, mail)
+
+    monkeypatch.setattr(one_time_tokens, "spend", spend)
+    monkeypatch.setattr(accounts, "queue_mail", queue_mail)
+    with ThreadPoolExecutor(2) as pool:
+        verify = pool.submit(httpx.post, f"{url}/auth/verify-email", json={"token": token}, timeout=30)
+        change = pool.submit(httpx.patch, f"{url}/users/{ada['id']}", json={"email": "ada2@example.com"},
+                             headers=bearer(admin.access_token), timeout=30)  # fmt: skip
+        statuses = [verify.result().status_code, change.result().status_code]
+    assert 500 not in statuses and 503 not in statuses, statuses
+    assert statuses[1] == 200
+
+
+def login_over(url: str, email: str) -> dict[str, Any]:
+    answer = httpx.post(f"{url}/auth/login", data={"username": email, "password": PASSWORD})
+    answer.raise_for_status()
+    body: dict[str, Any] = answer.json()
+    return body

@@ -58,7 +58,10 @@ def test_concurrent_logins_and_signups_all_succeed(client: TestClient) -> None:
     same_user = at_once(
         lambda i: client.post("/auth/login", data={"username": "user0@example.com", "password": PASSWORD})
     )
-    assert [r.status_code for r in same_user] == [200] * THREADS
+    # One account's checks in flight are bounded (LOGIN_MAX_FAILURES + HASH_CONCURRENCY, 7
+    # here): past it, 429 at once. Never a 5xx.
+    statuses = Counter(r.status_code for r in same_user)
+    assert set(statuses) <= {200, 429} and statuses[200] >= min(THREADS, 5 + 2), statuses
     signups = at_once(
         lambda i: client.post("/auth/signup", json={"email": f"new{i}@example.com", "password": PASSWORD})
     )

@@ -182,12 +182,17 @@ def test_access_token_carries_roles_and_permissions(client: TestClient, admin: A
     assert introspected["permissions"] == ["tickets:close", "users:read"]
 
 
-def test_grant_role_command(client: TestClient, user: Account, database_url: str) -> None:
+def test_grant_role_command(client: TestClient, user: Account, database_url: str, admin: Account) -> None:
     env = service_env(database_url)
     command = [sys.executable, "-m", "auth_service", "grant-role", "--email", user.email.upper(), "--role", "admin"]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "not verified" in refused.stderr  # a squatter's address, maybe
+    assert client.get("/users", headers=user.headers).status_code == 403
+    forced = subprocess.run([*command, "--force"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert forced.returncode == 0, forced.stderr
     assert client.get("/users", headers=user.headers).status_code == 200
+    events = client.get("/audit-events", params={"type": "role.assigned"}, headers=admin.headers).json()["data"]
+    assert [(e["subject_id"], e["details"]) for e in events] == [(user.id, {"role": "admin", "by": "cli"})]
     missing = subprocess.run([*command[:-1], "nope"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "no role" in missing.stderr
 

@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
@@ -29,15 +28,14 @@ from tests.conftest import (
     ROOT,
     Account,
     LiveServer,
-    free_port,
     login,
     make_settings,
     register,
     service,
     service_env,
-    wait_until_healthy,
 )
 from tests.examples import downstream
+from tests.support import Workers
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -151,40 +149,6 @@ def test_hs256_stays_selectable(database_url: str, client: TestClient) -> None:
         assert hs.get("/users/me", headers=ada.headers).status_code == 200
         assert hs.get("/.well-known/jwks.json").json() == {"keys": []}  # a shared secret is never published
     app.state.engine.dispose()
-
-
-class Workers:
-    """uvicorn processes on one database, as two workers or hosts would be."""
-
-    def __init__(self, database_url: str) -> None:
-        self.env = service_env(database_url, LOG_LEVEL="WARNING")
-        self.ports = [free_port(), free_port()]
-        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> list[str]:
-        command = [sys.executable, "-m", "uvicorn", "--factory", "auth_service.main:create_app", "--no-access-log"]
-        self.processes = [
-            subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env=self.env, stderr=subprocess.DEVNULL)
-            for port in self.ports
-        ]
-        for url in self.urls:
-            wait_until_healthy(url)
-        return self.urls
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-            process.wait(timeout=10)
-        self.processes = []
-
-
-@pytest.fixture
-def workers(database_url: str, client: TestClient) -> Iterator[Workers]:
-    """(The `client` fixture emptied the database.)"""
-    workers = Workers(database_url)
-    yield workers
-    workers.stop()
 
 
 def test_two_workers_share_the_key_and_a_restart_keeps_it(workers: Workers) -> None:

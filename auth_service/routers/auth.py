@@ -101,8 +101,8 @@ def login(
         if grant_type in (None, "", "password"):
             if not username or not password:
                 raise _oauth_error(400, "invalid_request", "username and password are required.")
-            check, account = accounts.authenticate(db, settings, username, password)
-            return sessions.start_session(db, settings, check, account)
+            check, user = accounts.authenticate(db, settings, username, password)
+            return sessions.start_session(db, settings, check, user)
         if grant_type == "refresh_token":
             if not refresh_token:
                 raise _oauth_error(400, "invalid_request", "refresh_token is required.")
