@@ -72,7 +72,12 @@ def email_taken() -> AppError:
 def public_users(session: Session, users: list[User]) -> list[UserPublic]:
     """The API view of users, with their role names (one query for all of them)."""
     names = role_names(session, [user.id for user in users])
-    return [UserPublic.model_validate(user, update={"roles": names.get(user.id, [])}) for user in users]
+    return [
+        UserPublic.model_validate(
+            user, update={"roles": names.get(user.id, []), "mfa_enabled": user.totp_enabled_at is not None}
+        )
+        for user in users
+    ]
 
 
 def public_user(session: Session, user: User) -> UserPublic:

@@ -92,6 +92,9 @@ class Settings(DatabaseSettings):
     session_retention_days: int = Field(default=30, ge=0)
 
     introspection_requires_client: bool = True
+    mfa_issuer: str | None = None  # the name authenticator apps show; PRODUCT_NAME when unset
+    mfa_token_minutes: int = Field(default=5, ge=1, le=60)
+    mfa_required_for_superusers: bool = False
     allow_signup: bool = True
     require_verified_email: bool = False
 

@@ -12,11 +12,15 @@ from sqlmodel import Session
 from auth_service import principals, throttle
 from auth_service.config import Limit, Settings
 from auth_service.db import new_session
-from auth_service.errors import email_not_verified, permission_denied
+from auth_service.errors import AppError, ErrorCode, email_not_verified, permission_denied
 from auth_service.principals import Principal
+from auth_service.sessions import needs_enrolment
 
 oauth2_scheme = OAuth2PasswordBearer(
-    tokenUrl="/auth/login", auto_error=False, description="Log in with your email as the username."
+    tokenUrl="/auth/login",
+    auto_error=False,
+    description="Log in with your email as the username. With two-factor authentication on, put the 6-digit "
+    "code from your authenticator app (or a recovery code) in **client_secret**, and leave client_id empty.",
 )
 
 
@@ -35,48 +39,67 @@ DbSession = Annotated[Session, Depends(get_db)]
 Token = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-async def _authenticate(request: Request, token: str | None) -> Principal:
-    """The token checked and its principal loaded in one trip to the thread pool: the
-    only blocking work of an authenticated request that needs nothing else."""
+async def _authenticate(
+    request: Request, token: str | None, *, users_only: bool, unverified_ok: bool = False, enrolling_ok: bool = False
+) -> Principal:
+    """The token checked and its principal loaded in one trip to the thread pool (the only
+    blocking work of an authenticated request that needs nothing else), then the policies:
+    a verified address (REQUIRE_VERIFIED_EMAIL), a second factor for superusers
+    (MFA_REQUIRED_FOR_SUPERUSERS), a user rather than a service client."""
     state = request.app.state
-    return await run_in_threadpool(principals.authenticate, state.engine, state.settings, token)
+    principal: Principal = await run_in_threadpool(principals.authenticate, state.engine, state.settings, token)
+    account = principal.account
+    if account is None:
+        if users_only:
+            raise permission_denied("This is for users; a service client has no account here.")
+        return principal
+    if not unverified_ok and state.settings.require_verified_email and not account.is_verified:
+        raise email_not_verified()
+    if not enrolling_ok and needs_enrolment(state.settings, principal):
+        detail = "Turn on two-factor authentication first (POST /users/me/mfa/totp): superusers need it here."
+        raise AppError(403, ErrorCode.MFA_ENROLLMENT_REQUIRED, detail)
+    return principal
 
 
 async def get_principal(request: Request, token: Token) -> Principal:
-    """The caller, user or service client, if their token and what it names are live,
-    and (with REQUIRE_VERIFIED_EMAIL) a user's address verified."""
-    principal = await _authenticate(request, token)
-    account = principal.account
-    if account is not None and request.app.state.settings.require_verified_email and not account.is_verified:
-        raise email_not_verified()
-    return principal
+    """The caller, user or service client, if their token and what it names are live."""
+    return await _authenticate(request, token, users_only=False)
 
 
-async def get_user_principal(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def get_user_principal(request: Request, token: Token) -> Principal:
     """A user, not a service client: for the calls about one's own account."""
-    if principal.account is None:
-        raise permission_denied("This is for users; a service client has no account here.")
-    return principal
+    return await _authenticate(request, token, users_only=True)
+
+
+async def get_enrolling_principal(request: Request, token: Token) -> Principal:
+    """A user who may still have to turn on a second factor: for /users/me and enrolment."""
+    return await _authenticate(request, token, users_only=True, enrolling_ok=True)
 
 
 async def get_unverified_user_principal(request: Request, token: Token) -> Principal:
     """A user, verified address or not: for the few calls an unverified account needs even
     under REQUIRE_VERIFIED_EMAIL (asking for a new verification mail, logging out)."""
-    return await get_user_principal(await _authenticate(request, token))
+    return await _authenticate(request, token, users_only=True, unverified_ok=True, enrolling_ok=True)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 UserPrincipal = Annotated[Principal, Depends(get_user_principal)]
+EnrollingPrincipal = Annotated[Principal, Depends(get_enrolling_principal)]
 UnverifiedPrincipal = Annotated[Principal, Depends(get_unverified_user_principal)]
 
 
-def require_permission(*permissions: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
-    """A dependency that lets the call through only if the caller holds every permission."""
+def require_permission(
+    *permissions: str, second_factor: bool = False
+) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
+    """A dependency that lets the call through only if the caller holds every permission
+    and, with `second_factor`, logged in with one (`amr` has `otp`) if they are a user."""
 
     async def check(principal: CurrentPrincipal) -> Principal:
         missing = [p for p in permissions if not principal.can(p)]
         if missing:
             raise permission_denied(f"This requires the permission {', '.join(missing)}.")
+        if second_factor and principal.account is not None and "otp" not in principal.amr:
+            raise AppError(403, ErrorCode.MFA_REQUIRED, "This needs a session logged in with a second factor.")
         return principal
 
     return check

@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     INVALID_CLIENT = "INVALID_CLIENT"
     INACTIVE_USER = "INACTIVE_USER"
     EMAIL_NOT_VERIFIED = "EMAIL_NOT_VERIFIED"
+    MFA_REQUIRED = "MFA_REQUIRED"
+    MFA_ENROLLMENT_REQUIRED = "MFA_ENROLLMENT_REQUIRED"
     NOT_AUTHENTICATED = "NOT_AUTHENTICATED"
     INVALID_TOKEN = "INVALID_TOKEN"
     TOKEN_EXPIRED = "TOKEN_EXPIRED"
@@ -56,6 +58,7 @@ class AppError(Exception):
         *,
         headers: dict[str, str] | None = None,
         oauth_error: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status_code = status_code
@@ -63,6 +66,7 @@ class AppError(Exception):
         self.detail = detail
         self.headers = headers
         self.oauth_error = oauth_error
+        self.extra = extra or {}  # more fields of the answer (the mfa_token of MFA_REQUIRED)
 
 
 BEARER = {"WWW-Authenticate": "Bearer"}
@@ -85,7 +89,7 @@ _CODE_BY_STATUS = {
 
 
 def error_response(
-    status_code: int, code: str, detail: Any, headers: dict[str, str] | None = None, **extra: str
+    status_code: int, code: str, detail: Any, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code, **extra}, status_code=status_code, headers=headers)
 
@@ -93,7 +97,7 @@ def error_response(
 def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     extra = {"error": exc.oauth_error, "error_description": exc.detail} if exc.oauth_error else {}
-    return error_response(exc.status_code, exc.code, exc.detail, exc.headers, **extra)
+    return error_response(exc.status_code, exc.code, exc.detail, exc.headers, **extra, **exc.extra)
 
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -18,7 +18,7 @@ from auth_service.errors import COMMON_ERRORS, error_responses, install_error_ha
 from auth_service.logs import configure_logging
 from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
 from auth_service.outbox import start_sender_thread
-from auth_service.routers import audit, auth, clients, docs, health, metrics, pages, roles, users, well_known
+from auth_service.routers import audit, auth, clients, docs, health, metrics, mfa, pages, roles, users, well_known
 from auth_service.schemas import normalize_email
 
 logger = logging.getLogger("auth_service")
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips or [])
     app.include_router(auth.router)
     app.include_router(users.router)
+    app.include_router(mfa.router)
     app.include_router(roles.router)
     app.include_router(audit.router)
     app.include_router(metrics.router)

@@ -65,6 +65,11 @@ class User(UserBase, table=True):
     # Bumped whenever the password is set: a login (or any check of the password) commits
     # only if the version it read with the hash is still current, see accounts.authenticate.
     credentials_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Two-factor (TOTP): the secrets sealed (see mfa.py); on once `totp_enabled_at` is set.
+    totp_secret: str | None = Field(default=None, sa_type=Text, nullable=True)
+    totp_pending_secret: str | None = Field(default=None, sa_type=Text, nullable=True)
+    totp_enabled_at: datetime | None = timestamp(default=None, nullable=True)
+    totp_last_step: int | None = Field(default=None, sa_type=BigInteger, nullable=True)  # no code twice
     created_at: datetime = timestamp(default_factory=utcnow)
     updated_at: datetime = timestamp(default_factory=utcnow)
     last_login_at: datetime | None = timestamp(default=None, nullable=True)
@@ -84,6 +89,7 @@ class UserSession(SQLModel, table=True):
     revoked_reason: str | None = Field(default=None, max_length=32)
     user_agent: str | None = Field(default=None, max_length=512)
     client_ip: str | None = Field(default=None, max_length=45)
+    amr: str = Field(default="pwd", max_length=32, sa_column_kwargs={"server_default": "pwd"})  # "pwd otp"
 
 
 class RefreshToken(SQLModel, table=True):
@@ -212,3 +218,30 @@ class Client(SQLModel, table=True):
     created_at: datetime = timestamp(default_factory=utcnow)
     updated_at: datetime = timestamp(default_factory=utcnow)
     last_used_at: datetime | None = timestamp(default=None, nullable=True)
+
+
+class RecoveryCode(SQLModel, table=True):
+    """A one-time code for when the authenticator is lost; only its keyed hash is kept."""
+
+    __tablename__ = "recovery_code"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    code_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = timestamp(default_factory=utcnow)
+    used_at: datetime | None = timestamp(default=None, nullable=True)
+
+
+class MfaChallenge(SQLModel, table=True):
+    """The `mfa_token` of a login whose password was right: good once, for a few minutes,
+    and only while the password it checked is still the account's."""
+
+    __tablename__ = "mfa_challenge"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    credentials_version: int
+    created_at: datetime = timestamp(default_factory=utcnow)
+    expires_at: datetime = timestamp()
+    used_at: datetime | None = timestamp(default=None, nullable=True)

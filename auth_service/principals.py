@@ -43,9 +43,13 @@ class Account:
     is_superuser: bool
     created_at: datetime
     last_login_at: datetime | None
+    mfa_enabled: bool
 
 
-ACCOUNT_COLUMNS = tuple(users.c[name] for name in Account.__slots__)
+ACCOUNT_COLUMNS = (
+    *(users.c[name] for name in Account.__slots__ if name != "mfa_enabled"),
+    users.c.totp_enabled_at.is_not(None).label("mfa_enabled"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,7 @@ class Principal:
     permissions: frozenset[str]
     account: Account | None = None  # None for a service client
     client_id: str | None = None
+    amr: tuple[str, ...] = ()  # how the user logged in (RFC 8176): ("pwd",) or ("pwd", "otp")
 
     @property
     def is_superuser(self) -> bool:
@@ -84,7 +89,7 @@ def load_user(
     """The user with their roles, if the session is live; None otherwise. One round trip."""
     now = utcnow()
     rows = connection.execute(
-        select(*ACCOUNT_COLUMNS, roles.c.name, roles.c.permissions)
+        select(*ACCOUNT_COLUMNS, user_sessions.c.amr, roles.c.name, roles.c.permissions)
         .select_from(
             users.join(user_sessions, user_sessions.c.user_id == users.c.id)
             .outerjoin(user_roles, user_roles.c.user_id == users.c.id)
@@ -104,7 +109,8 @@ def load_user(
     role_names = sorted(row.name for row in rows if row.name is not None)
     granted = {permission for row in rows for permission in row.permissions or []}
     permissions = effective_permissions(account.is_superuser, granted)
-    return Principal(account.id, session_id, role_names, permissions, account=account)
+    amr = tuple(rows[0].amr.split())
+    return Principal(account.id, session_id, role_names, permissions, account=account, amr=amr)
 
 
 def load_client(

@@ -90,6 +90,7 @@ class UserPublic(UserBase):
     is_active: bool
     is_verified: bool
     is_superuser: bool
+    mfa_enabled: bool = False
     roles: list[str] = []
     created_at: datetime
     last_login_at: datetime | None
@@ -231,6 +232,47 @@ class IntrospectResponse(SQLModel):
     scope: str | None = None
     roles: list[str] | None = None
     permissions: list[str] | None = None
+
+
+# --- two-factor authentication -----------------------------------------------------------
+
+OtpCode = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class MfaEnrol(SQLModel):
+    current_password: Password
+
+
+class MfaEnrolment(SQLModel):
+    """Add `secret` to an authenticator app (or scan `qr_code`), then confirm with a code."""
+
+    secret: str = Field(description="Base32, for typing into the app. Shown only now.")
+    otpauth_uri: str = Field(description="The otpauth:// URI the QR code holds.")
+    qr_code: str = Field(
+        description="The QR code as an SVG data URI (the same POST with `Accept: image/png` gives a PNG)."
+    )
+
+
+class MfaCode(SQLModel):
+    code: OtpCode = Field(schema_extra={"examples": ["123456"]})
+
+
+class MfaConfirm(SQLModel):
+    """The password and a current code (a TOTP code, or a recovery code)."""
+
+    password: Password
+    code: OtpCode = Field(schema_extra={"examples": ["123456"]})
+
+
+class RecoveryCodes(SQLModel):
+    recovery_codes: list[str] = Field(description="Each works once. Shown only now: keep them safe.")
+
+
+class MfaStatus(SQLModel):
+    enabled: bool
+    enabled_at: datetime | None
+    pending: bool = Field(description="An enrolment was started and not yet confirmed.")
+    recovery_codes_left: int
 
 
 # --- service clients ---------------------------------------------------------------------

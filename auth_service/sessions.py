@@ -6,6 +6,7 @@ belong to it, and revoking it cuts both at once on every worker.
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,15 +37,27 @@ logger = logging.getLogger(__name__)
 
 
 def _issue(signer: Signer, settings: Settings, principal: Principal, refresh_token: str) -> Token:
-    """The token pair of a user's session."""
-    claims = {
+    """The token pair of a user's session. A superuser who must enrol a second factor
+    (MFA_REQUIRED_FOR_SUPERUSERS) gets a token that grants nothing until they do."""
+    enrolling = needs_enrolment(settings, principal)
+    claims: dict[str, Any] = {
         "sub": str(principal.id),
         "sid": str(principal.session_id),
-        "roles": principal.roles,
-        "permissions": sorted(principal.permissions),
+        "roles": [] if enrolling else principal.roles,
+        "permissions": [] if enrolling else sorted(principal.permissions),
+        "amr": list(principal.amr),
     }
+    if enrolling:
+        claims["mfa_enrollment_required"] = True
     access_token, expires_in = create_access_token(signer, settings, claims)
     return Token(access_token=access_token, expires_in=expires_in, refresh_token=refresh_token)
+
+
+def needs_enrolment(settings: Settings, principal: Principal) -> bool:
+    account = principal.account
+    if not settings.mfa_required_for_superusers or account is None:
+        return False
+    return account.is_superuser and not account.mfa_enabled
 
 
 def _session_expiry(settings: Settings, created_at: datetime, now: datetime) -> datetime:
@@ -56,12 +69,21 @@ def _max_age(settings: Settings) -> timedelta:
     return timedelta(days=settings.session_max_days)
 
 
-def start_session(session: Session, settings: Settings, check: PasswordCheck, user: User) -> Token:
+def start_session(
+    session: Session,
+    settings: Settings,
+    check: PasswordCheck,
+    user: User,
+    *,
+    amr: list[str] | None = None,
+    within: Callable[[Session], None] | None = None,
+) -> Token:
     """A new session with its first refresh token, for a password just checked.
 
     It commits only if that password is still the account's (see credentials.py), and
-    with it the rehash under today's Argon2 parameters, if any. The token says what the
-    account may do as of this transaction, not as of before the hash.
+    with it the rehash under today's Argon2 parameters, if any, and `within` (spending a
+    second factor). The token says what the account may do as of this transaction, not
+    as of before the hash; `amr` how the user proved who they are (RFC 8176).
     """
     signer = signing_keys.signer(session.connection(), settings)
     now = utcnow()
@@ -69,8 +91,11 @@ def start_session(session: Session, settings: Settings, check: PasswordCheck, us
     if check.new_hash:
         values["hashed_password"] = check.new_hash
     commit_if_current(session, check, **values)
+    if within is not None:
+        within(session)
     client = current_request.get()
     user_session = UserSession(
+        amr=" ".join(amr or ["pwd"]),
         user_id=user.id,
         created_at=now,
         last_used_at=now,

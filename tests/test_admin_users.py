@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from tests.conftest import PASSWORD, Account, login, register, signup
 
 PUBLIC_FIELDS = {
-    "id", "email", "full_name", "is_active", "is_verified", "is_superuser", "roles", "created_at", "last_login_at"
+    "id", "email", "full_name", "is_active", "is_verified", "is_superuser", "mfa_enabled", "roles", "created_at",
+    "last_login_at",
 }  # fmt: skip
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 FRESH_PASSWORD = "a long fresh password"

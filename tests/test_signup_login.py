@@ -11,7 +11,8 @@ from auth_service.models import User
 from tests.conftest import PASSWORD, login, make_settings, signup
 
 PUBLIC_FIELDS = {
-    "id", "email", "full_name", "is_active", "is_verified", "is_superuser", "roles", "created_at", "last_login_at"
+    "id", "email", "full_name", "is_active", "is_verified", "is_superuser", "mfa_enabled", "roles", "created_at",
+    "last_login_at",
 }  # fmt: skip
 
 

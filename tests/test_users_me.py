@@ -15,7 +15,8 @@ from tests.conftest import PASSWORD, Account, login, register, sign_as_the_servi
 from tests.support import TEST_SECRET
 
 PUBLIC_FIELDS = {
-    "id", "email", "full_name", "is_active", "is_verified", "is_superuser", "roles", "created_at", "last_login_at"
+    "id", "email", "full_name", "is_active", "is_verified", "is_superuser", "mfa_enabled", "roles", "created_at",
+    "last_login_at",
 }  # fmt: skip
 NEW_PASSWORD = "a brand new passphrase"
 ALG_NONE_HEADER = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"  # {"alg":"none","typ":"JWT"}

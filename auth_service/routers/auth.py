@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from auth_service import accounts, clients, email_flows, sessions
+from auth_service import accounts, clients, email_flows, mfa, sessions
 from auth_service.deps import DbSession, SettingsDep, UnverifiedPrincipal, UserPrincipal, limit_per_ip
 from auth_service.errors import AppError, ErrorCode, error_responses, not_found
 from auth_service.models import Client
@@ -53,7 +53,7 @@ def _oauth_error(status_code: int, error: str, detail: str, code: ErrorCode = Er
     return AppError(status_code, code, detail, oauth_error=error)
 
 
-GRANT_TYPES = ("password", "refresh_token", "client_credentials")
+GRANT_TYPES = ("password", "refresh_token", "client_credentials", mfa.MFA_GRANT)
 
 
 @router.post(
@@ -67,7 +67,11 @@ GRANT_TYPES = ("password", "refresh_token", "client_credentials")
             "form), invalid_scope, unsupported_grant_type.",
         },
         401: {"model": TokenErrorResponse, "description": "invalid_client, with HTTP Basic credentials."},
-        403: {"model": TokenErrorResponse, "description": "EMAIL_NOT_VERIFIED, when REQUIRE_VERIFIED_EMAIL is on."},
+        403: {
+            "model": TokenErrorResponse,
+            "description": "MFA_REQUIRED (`error: mfa_required`, with an `mfa_token`) for an account with two-factor "
+            "on; EMAIL_NOT_VERIFIED when REQUIRE_VERIFIED_EMAIL is on.",
+        },
         **error_responses(429),
     },
 )
@@ -77,7 +81,7 @@ def login(
     db: DbSession,
     settings: SettingsDep,
     grant_type: Annotated[
-        str | None, Form(description="`password` (default), `refresh_token` or `client_credentials`.")
+        str | None, Form(description=f"`password` (default), `refresh_token`, `client_credentials`, `{mfa.MFA_GRANT}`.")
     ] = None,
     username: Annotated[str | None, Form(description="Your email.")] = None,
     password: Annotated[str | None, Form(json_schema_extra={"format": "password"})] = None,
@@ -88,13 +92,23 @@ def login(
     client_id: Annotated[str | None, Form(description="Client credentials, if not sent with HTTP Basic.")] = None,
     client_secret: Annotated[
         str | None,
-        Form(description="Client credentials, if not sent with HTTP Basic.", json_schema_extra={"format": "password"}),
+        Form(
+            description="Client credentials, if not sent with HTTP Basic. With the password grant: your "
+            "two-factor code (Swagger's Authorize dialog: leave client_id empty).",
+            json_schema_extra={"format": "password"},
+        ),
     ] = None,
+    otp: Annotated[str | None, Form(description="A two-factor code: TOTP or a recovery code.")] = None,
+    mfa_token: Annotated[str | None, Form(description=f"With grant_type={mfa.MFA_GRANT}.")] = None,
 ) -> Token:
     """OAuth2 token endpoint (RFC 6749): the password grant, the refresh_token grant (§6),
-    and client credentials (§4.4) for service clients.
+    client credentials (§4.4) for service clients, and the second step of a two-factor login.
 
-    Takes a form, as OAuth2 clients and Swagger's **Authorize** button send it.
+    Takes a form, as OAuth2 clients and Swagger's **Authorize** button send it. With
+    two-factor on, a right password alone answers 403 `mfa_required` with an `mfa_token`;
+    send it back with `grant_type=urn:auth_service:params:oauth:grant-type:mfa-otp` and
+    `otp`. Or send the code with the password: in `otp`, or in `client_secret` (what
+    Swagger's Authorize dialog has: put the code there, leave client_id empty).
     """
     response.headers.update(NO_STORE)
     try:
@@ -102,11 +116,17 @@ def login(
             if not username or not password:
                 raise _oauth_error(400, "invalid_request", "username and password are required.")
             check, user = accounts.authenticate(db, settings, username, password)
+            if user.totp_enabled_at is not None:
+                return mfa.login(db, settings, check, user, otp or _code_in_client_secret(request, client_secret))
             return sessions.start_session(db, settings, check, user)
         if grant_type == "refresh_token":
             if not refresh_token:
                 raise _oauth_error(400, "invalid_request", "refresh_token is required.")
             return sessions.rotate_refresh_token(db, settings, refresh_token)
+        if grant_type == mfa.MFA_GRANT:
+            if not mfa_token or not otp:
+                raise _oauth_error(400, "invalid_request", "mfa_token and otp are required.")
+            return mfa.redeem(db, settings, mfa_token, otp)
         if grant_type == "client_credentials":
             client = _authenticated_client(request, db, client_id, client_secret, required=True)
             assert client is not None
@@ -119,6 +139,16 @@ def login(
             exc.status_code, exc.headers = 400, None
         exc.headers = {**(exc.headers or {}), **NO_STORE}
         raise
+
+
+def _code_in_client_secret(request: Request, client_secret: str | None) -> str | None:
+    """Swagger's Authorize dialog has no field for a code, only client_id and client_secret,
+    which it sends in the form or as HTTP Basic (`:code` with client_id empty). The password
+    grant has no client to authenticate, so that secret can only be the code."""
+    if client_secret:
+        return client_secret
+    basic = clients.basic_credentials(request.headers.get("authorization"))
+    return basic[1] if basic and basic[1] else None
 
 
 def _authenticated_client(

@@ -6,7 +6,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from auth_service import accounts
-from auth_service.deps import CurrentPrincipal, DbSession, PageDep, SettingsDep, UserPrincipal, require_permission
+from auth_service.deps import (
+    CurrentPrincipal,
+    DbSession,
+    EnrollingPrincipal,
+    PageDep,
+    SettingsDep,
+    UserPrincipal,
+    require_permission,
+)
 from auth_service.errors import error_responses, permission_denied
 from auth_service.permissions import USERS_DELETE, USERS_READ, USERS_WRITE
 from auth_service.principals import Principal
@@ -25,7 +33,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 
 @router.get("/me", response_model=UserPublic, responses=error_responses(401, 403))
-async def read_me(principal: UserPrincipal) -> UserPublic:
+async def read_me(principal: EnrollingPrincipal) -> UserPublic:
     """Your account, from the very query that checked your token: no second trip."""
     return UserPublic.model_validate(principal.account, update={"roles": principal.roles}, from_attributes=True)
 
@@ -35,7 +43,7 @@ def update_me(body: UserUpdateMe, principal: UserPrincipal, db: DbSession, setti
     """Change your name, or your email with `current_password`; a new email must be verified again."""
     user = accounts.get_user(db, principal.id)
     changed = accounts.update_own_profile(db, settings, user, body.model_dump(exclude_unset=True))
-    return UserPublic.model_validate(changed, update={"roles": principal.roles})
+    return accounts.public_user(db, changed)
 
 
 @router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(400, 401, 403, 422, 429))
