@@ -9,7 +9,6 @@ deletion cuts them on the next request, like a session.
 """
 
 import base64
-import binascii
 import hmac
 import secrets
 import uuid
@@ -48,7 +47,7 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII input
         return None
     client_id, sep, secret = decoded.partition(":")
     return (unquote(client_id), unquote(secret)) if sep else None
@@ -56,7 +55,8 @@ def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
 
 def authenticate(session: Session, client_id: str, secret: str) -> Client | None:
     """The active client with this id and secret; None otherwise (in the same time either way)."""
-    client = session.exec(select(Client).where(col(Client.client_id) == client_id)).first() if client_id else None
+    valid = bool(client_id) and len(client_id) <= 64 and client_id.isascii() and client_id.isprintable()
+    client = session.exec(select(Client).where(col(Client.client_id) == client_id)).first() if valid else None
     expected = client.secret_hash if client else _DUMMY_DIGEST
     if not hmac.compare_digest(expected, token_digest(secret)) or client is None or not client.is_active:
         return None

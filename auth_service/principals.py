@@ -114,7 +114,11 @@ def load_user(
 
 
 def load_client(
-    connection: Connection, client_id: str, generation: uuid.UUID, kid: str | None = None
+    connection: Connection,
+    client_id: str,
+    generation: uuid.UUID,
+    kid: str | None = None,
+    claimed: Any = None,
 ) -> Principal | None:
     """The service client, if it is active and its secret unchanged; None otherwise."""
     row = connection.execute(
@@ -127,14 +131,15 @@ def load_client(
     ).first()
     if row is None:
         return None
-    return Principal(row.id, generation, [], frozenset(row.permissions or []), client_id=client_id)
+    granted = frozenset(row.permissions or []) & frozenset(claimed if isinstance(claimed, list) else [])
+    return Principal(row.id, generation, [], granted, client_id=client_id)
 
 
 def load(connection: Connection, claims: dict[str, Any], kid: str | None) -> Principal | None:
     """Whoever the verified claims name, if still live."""
     session_id = uuid.UUID(claims["sid"])
     if "client_id" in claims:
-        return load_client(connection, str(claims["client_id"]), session_id, kid)
+        return load_client(connection, str(claims["client_id"]), session_id, kid, claims.get("permissions"))
     try:
         user_id = uuid.UUID(claims["sub"])
     except ValueError:

@@ -326,13 +326,14 @@ def revoke_token(session: Session, settings: Settings, token: str) -> None:
         engine = session.get_bind()
         assert isinstance(engine, Engine)
         try:
-            claims, _ = principals.verify(engine, settings, token)
+            claims, kid = principals.verify(engine, settings, token)
         except TokenInvalid:
             return
         except TokenExpired:
             return
-        if "client_id" not in claims:
-            session_id = uuid.UUID(claims["sid"])
+        principal = principals.load(session.connection(), claims, kid)
+        if principal is not None and principal.account is not None:
+            session_id = principal.session_id
     if session_id is None:
         return
     user_id = session.exec(select(UserSession.user_id).where(col(UserSession.id) == session_id)).first()

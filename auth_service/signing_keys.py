@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 SEAL_PURPOSE = "signing-key"
 table = SigningKey.__table__  # type: ignore[attr-defined]
 
-_keys: dict[str, Key] = {}  # kid -> python-jose key (public or private); immutable per kid
+_public_keys: dict[str, Key] = {}  # kid -> python-jose key: what a kid names never changes
+_private_keys: dict[str, Key] = {}
 _keys_lock = threading.Lock()
 
 
@@ -125,8 +126,11 @@ def ensure_current(engine: Engine, settings: Settings) -> None:
                 session.rollback()
         return
     reason = "JWT_ALGORITHM changed" if found.algorithm != settings.jwt_algorithm else "SECRET_KEY changed"
-    kid, _ = rotate(engine, settings)
-    logger.warning("%s: rotated the signing key to %s; tokens of the old key stay valid until they expire", reason, kid)
+    try:
+        kid, _ = rotate(engine, settings)
+    except IntegrityError:  # another worker, starting at the same time, rotated first
+        return
+    logger.warning("%s: rotated the signing key to %s", reason, kid)
 
 
 def _can_unseal(settings: Settings, key: SigningKey) -> bool:
@@ -149,17 +153,17 @@ def signer(connection: Connection, settings: Settings) -> Signer:
         ensure_current(connection.engine, settings)
         row = connection.execute(current).one()
     kid, algorithm, sealed = row
-    private = _keys.get(f"private:{kid}")
+    private = _private_keys.get(kid)
     if private is None:
         private = jwk.construct(unseal(settings, SEAL_PURPOSE, sealed).decode(), algorithm)
         with _keys_lock:
-            _keys[f"private:{kid}"] = private
+            _private_keys[kid] = private
     return Signer(algorithm, private, kid)
 
 
 def public_key(engine: Engine, kid: str) -> Key | None:
     """The public key a `kid` names, from the cache or the database; None if unknown."""
-    key = _keys.get(kid)
+    key = _public_keys.get(kid)
     if key is not None:
         return key
     with engine.connect() as connection:
@@ -168,7 +172,7 @@ def public_key(engine: Engine, kid: str) -> Key | None:
         return None
     key = jwk.construct(row[1], row[0])
     with _keys_lock:
-        _keys[kid] = key
+        _public_keys[kid] = key
     return key
 
 

@@ -6,6 +6,9 @@ import base64
 import json
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from datetime import timedelta
 
 import httpx
@@ -33,6 +36,7 @@ from tests.conftest import (
     register,
     service,
     service_env,
+    sign_as_the_service,
 )
 from tests.examples import downstream
 from tests.support import Workers
@@ -398,3 +402,77 @@ def test_basic_credentials_are_form_decoded(client: TestClient, admin: Account) 
     for junk in ("Basic", "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()):
         refused = client.post("/auth/login", data={"grant_type": "client_credentials"}, headers={"Authorization": junk})
         assert refused.status_code == 401
+
+
+# --- found by a review ---------------------------------------------------------------------
+
+
+def test_a_narrowed_token_grants_only_its_scope(client: TestClient, admin: Account, user: Account) -> None:
+    credentials = service(client, admin, ["users:read", "users:delete"])
+    narrowed = client_token(client, credentials, scope="users:read").json()
+    seen = client.post("/auth/introspect", data={"token": narrowed["access_token"]}, auth=credentials).json()
+    assert seen["permissions"] == ["users:read"]
+    assert client.delete(f"/users/{user.id}", headers=bearer(narrowed["access_token"])).status_code == 403
+    assert client.get("/users", headers=bearer(narrowed["access_token"])).status_code == 200
+    # and lowering the client's permissions still counts at once for every token it has
+    wide = client_token(client, credentials).json()["access_token"]
+    client.patch(f"/clients/{credentials[0]}", json={"permissions": ["users:read"]}, headers=admin.headers)
+    assert client.delete(f"/users/{user.id}", headers=bearer(wide)).status_code == 403
+
+
+def test_revocation_trusts_no_retired_key_and_no_one_elses_session(
+    app: FastAPI, client: TestClient, user: Account
+) -> None:
+    victim_sid = jwt.get_unverified_claims(user.access_token)["sid"]
+    now = int(time.time())
+    claims = {"sub": str(uuid.uuid4()), "sid": victim_sid, "jti": "x", "iat": now, "exp": now + 600,
+              "iss": "auth_service", "aud": "auth_service", "type": "access"}  # fmt: skip
+    someone_else = sign_as_the_service(app, claims)  # a valid signature, another user's session
+    assert client.post("/auth/revoke", data={"token": someone_else}).status_code == 200
+    assert client.get("/users/me", headers=user.headers).status_code == 200  # not revoked
+    leaked = sign_as_the_service(app, {**claims, "sub": user.id})
+    signing_keys.rotate(app.state.engine, app.state.settings, expire_previous_now=True)  # the key leaked
+    assert client.post("/auth/revoke", data={"token": leaked}).status_code == 200
+    assert client.post("/auth/refresh", json={"refresh_token": user.refresh_token}).status_code == 200
+
+
+def test_odd_credentials_and_bodies_are_never_a_500(app: FastAPI, admin: Account) -> None:
+    client = TestClient(app, raise_server_exceptions=False)
+    deep = "[" * 30000 + "]" * 30000
+    basic_nul = base64.b64encode(b"svc_\x00:x").decode()
+    grant = {"grant_type": "client_credentials"}
+    answers = [
+        client.post("/auth/login", data={**grant, "client_id": "svc_\x00", "client_secret": "x"}),
+        client.post("/auth/login", data=grant, headers={"Authorization": f"Basic {basic_nul}"}),
+        client.get("/clients/a%00b", headers=admin.headers),
+    ]
+    for path in ("/auth/login", "/auth/introspect", "/auth/revoke"):
+        answers.append(client.post(path, data={"token": "x", "grant_type": "client_credentials"},
+                                   headers={"Authorization": b"Basic \xe9\xe9\xe9\xe9"}))  # fmt: skip
+    for path in ("/auth/introspect", "/auth/revoke"):
+        answers.append(client.post(path, content=deep, headers={"content-type": "application/json"}))
+        answers.append(client.post(path, json={"token": "x", "client_id": "a\x00", "client_secret": "b"}))
+        answers.append(client.post(path, content=b"[1,2]", headers={"content-type": "application/json"}))
+    assert all(a.status_code < 500 for a in answers), [(a.request.url.path, a.status_code) for a in answers]
+
+
+def test_workers_starting_together_after_a_new_secret_key_agree(app: FastAPI, client: TestClient) -> None:
+    """Both see a key they cannot unseal and rotate; one wins, the other carries on quietly."""
+
+    def start(settings: Settings, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+        barrier.wait()
+        try:
+            signing_keys.ensure_current(app.state.engine, settings)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for attempt in range(3):
+        key = f"a new secret key {attempt}, 32+ chars long!"
+        changed = make_settings(app.state.settings.database_url, secret_key=key)
+        barrier, errors = threading.Barrier(2), list[BaseException]()
+        threads = [threading.Thread(target=start, args=(changed, barrier, errors)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []

@@ -225,7 +225,7 @@ async def token_form(request: Request) -> TokenForm:
         return TokenForm.model_validate(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    except ValueError:  # not JSON
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         raise AppError(422, ErrorCode.VALIDATION_ERROR, "The body must be a form or a JSON object.") from None
 
 

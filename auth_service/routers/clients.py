@@ -15,7 +15,7 @@ router = APIRouter(prefix="/clients", tags=["clients"])
 
 CanRead = Annotated[Principal, Depends(require_permission(CLIENTS_READ))]
 CanWrite = Annotated[Principal, Depends(require_permission(CLIENTS_WRITE))]
-ClientId = Annotated[str, Path(max_length=64)]
+ClientId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 @router.get("", response_model=ClientsPublic, responses=error_responses(401, 403, 422))
