@@ -35,7 +35,7 @@ def _with_csp(page: HTMLResponse) -> HTMLResponse:
         "default-src 'self'",
         " ".join(["script-src 'self'", *map(csp_hash, inline)]),
         "style-src 'self' 'unsafe-inline'",  # Swagger UI and ReDoc add styles as they run
-        "img-src 'self' data:",
+        "img-src 'self' data: blob:",  # blob: Swagger shows an image answer (the 2FA QR code) so
         "worker-src 'self' blob:",  # ReDoc's search
         "frame-ancestors 'none'",
         "base-uri 'none'",
