@@ -36,7 +36,7 @@ def test_docs_pages_allow_only_our_scripts_and_images(client: TestClient, path: 
     page = client.get(path)
     policy = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
     assert policy["default-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
-    assert policy["img-src"] == "'self' data:"  # ReDoc's sidebar logo would come from its CDN
+    assert policy["img-src"] == "'self' data: blob:"  # ReDoc's sidebar logo would come from its CDN
     inline = re.findall(r"<script>(.*?)</script>", page.text, re.S)
     hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline]
     assert policy["script-src"].split() == ["'self'", *hashes]
