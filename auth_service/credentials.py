@@ -101,12 +101,20 @@ def record_failure(session: Session, settings: Settings, user: User | None, logi
     session.commit()
 
 
-def commit_if_current(session: Session, check: PasswordCheck, *, error: AppError | None = None, **values: Any) -> None:
+def commit_if_current(
+    session: Session,
+    check: PasswordCheck,
+    *,
+    error: AppError | None = None,
+    forget_failures: bool = False,
+    **values: Any,
+) -> None:
     """In the caller's transaction: lock the account row, and go on only if its password is
     still the one checked (and the account still active); set `values` on it.
 
-    Else `error` (INVALID_CREDENTIALS): the password changed while it was checked. Also
-    forgets the name's earlier failures, as a successful login does.
+    Else `error` (INVALID_CREDENTIALS): the password changed while it was checked. A
+    login (`forget_failures`) also clears the name's earlier failures; nothing else does,
+    so a right password cannot reset the count between guesses of a second factor.
     """
     result = session.exec(
         update(User)
@@ -117,4 +125,5 @@ def commit_if_current(session: Session, check: PasswordCheck, *, error: AppError
     if result.rowcount != 1:
         session.rollback()
         raise error or invalid_credentials()
-    throttle.note_password_success(session.connection(), check.login_name)
+    if forget_failures:
+        throttle.note_password_success(session.connection(), check.login_name)

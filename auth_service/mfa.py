@@ -25,9 +25,10 @@ from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
 
 from auth_service import audit, sessions, throttle
-from auth_service.accounts import check_can_manage, confirm_own_password
+from auth_service.accounts import check_can_manage, check_not_self, confirm_own_password, get_user
 from auth_service.config import Settings
 from auth_service.credentials import PasswordCheck, record_failure
+from auth_service.db import release_connection
 from auth_service.emails import queue_mail, render_mail
 from auth_service.errors import AppError, ErrorCode, not_found
 from auth_service.locks import lock_user
@@ -41,7 +42,7 @@ MFA_GRANT = "urn:auth_service:params:oauth:grant-type:mfa-otp"
 AMR_PASSWORD, AMR_SECOND_FACTOR = ["pwd"], ["pwd", "otp"]
 SEAL_PURPOSE = "totp"
 RECOVERY_CODES = 10
-TOTP_CODE = re.compile(r"^\d{6}$")
+TOTP_CODE = re.compile(r"^[0-9]{6}$")  # ASCII digits only (\d takes any script's)
 RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: easy to read and type
 
 
@@ -264,15 +265,26 @@ def confirm_enrolment(
 ) -> list[str]:
     """Turn TOTP on with a code from the pending secret; returns the recovery codes (shown
     once). Every other session ends, and a login still checking a password alone fails."""
-    user = lock_user(session, user_id)
+    user = get_user(session, user_id)
     if user.totp_enabled_at is not None:
         raise AppError(409, ErrorCode.CONFLICT, "Two-factor authentication is already on.")
     if user.totp_pending_secret is None:
         raise AppError(409, ErrorCode.CONFLICT, "Start with POST /users/me/mfa/totp first.")
-    step = matching_step(_totp(settings, user.totp_pending_secret), code.strip(), utcnow())
+    pending = user.totp_pending_secret
+    release_connection(session)
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    ip = client_ip()
+    throttle.reserve_password_check(engine, settings, user.email, ip)  # guesses count like passwords
+    step = matching_step(_totp(settings, pending), code.strip(), utcnow())
+    throttle.end_password_check(engine, settings, user.email, ip, failed=step is None)
     if step is None:
-        session.rollback()
+        record_failure(session, settings, user, user.email, "otp")
         raise AppError(400, ErrorCode.INVALID_CREDENTIALS, "The code is not correct: check the clock of your device.")
+    user = lock_user(session, user_id)
+    if user.totp_pending_secret != pending or user.totp_enabled_at is not None:  # changed meanwhile
+        session.rollback()
+        raise AppError(409, ErrorCode.CONFLICT, "The enrolment changed meanwhile; start again.")
     user.totp_secret, user.totp_pending_secret = user.totp_pending_secret, None
     user.totp_enabled_at, user.totp_last_step = utcnow(), step
     user.credentials_version += 1
@@ -325,6 +337,7 @@ def admin_reset(session: Session, settings: Settings, actor: Principal, user_id:
     """DELETE /users/{id}/mfa: for someone who lost their device. Ends their sessions."""
     user = lock_user(session, user_id)
     check_can_manage(session, actor, user)
+    check_not_self(actor, user, "reset your own second factor here; use DELETE /users/me/mfa/totp")
     if user.totp_enabled_at is None and user.totp_pending_secret is None:
         session.rollback()
         raise not_found("Two-factor authentication for this user")

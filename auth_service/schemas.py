@@ -232,6 +232,9 @@ class IntrospectResponse(SQLModel):
     scope: str | None = None
     roles: list[str] | None = None
     permissions: list[str] | None = None
+    amr: list[str] | None = Field(
+        default=None, description="How the user logged in: pwd, and otp with a second factor."
+    )
 
 
 # --- two-factor authentication -----------------------------------------------------------

@@ -90,7 +90,7 @@ def start_session(
     values: dict[str, Any] = {"last_login_at": now}
     if check.new_hash:
         values["hashed_password"] = check.new_hash
-    commit_if_current(session, check, **values)
+    commit_if_current(session, check, forget_failures=True, **values)
     if within is not None:
         within(session)
     client = current_request.get()
@@ -292,7 +292,8 @@ def introspect(session: Session, settings: Settings, token: str) -> IntrospectRe
         return IntrospectResponse(active=False)
     if account is not None and settings.require_verified_email and not account.is_verified:
         return IntrospectResponse(active=False)  # refused by every call of ours, so not live
-    permissions = sorted(principal.permissions)
+    enrolling = needs_enrolment(settings, principal)  # grants nothing until a second factor is on
+    permissions = [] if enrolling else sorted(principal.permissions)
     return IntrospectResponse(
         active=True,
         sub=claims["sub"],
@@ -308,8 +309,9 @@ def introspect(session: Session, settings: Settings, token: str) -> IntrospectRe
         sid=claims["sid"] if account else None,
         token_type="Bearer",
         scope=" ".join(permissions),
-        roles=principal.roles,
+        roles=[] if enrolling else principal.roles,
         permissions=permissions,
+        amr=list(principal.amr) if account else None,
     )
 
 

@@ -23,7 +23,7 @@ from auth_service.deps import require_permission
 from auth_service.mfa import MFA_GRANT
 from auth_service.models import User
 from auth_service.principals import Principal
-from tests.conftest import PASSWORD, Account, login, queued_mails, register
+from tests.conftest import PASSWORD, Account, login, queued_mails, register, service
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -307,3 +307,73 @@ def test_nothing_secret_is_logged_or_audited(
     logs = "\n".join(r.getMessage() for r in caplog.records)
     for secret_thing in (secret, token, codes[0], codes[0].replace("-", "")):
         assert secret_thing not in audit and secret_thing not in logs
+
+
+# --- found by a review ------------------------------------------------------------------------
+
+
+def test_codes_in_other_scripts_are_wrong_not_a_500(app: FastAPI, user: Account) -> None:
+    client = TestClient(app, raise_server_exceptions=False)
+    enrol(client, user)
+    arabic = "\u0661\u0662\u0663\u0664\u0665\u0666"  # six Arabic-Indic digits
+    one = client.post("/auth/login", data={"username": user.email, "password": PASSWORD, "otp": arabic})
+    token = password_step(client, user.email).json()["mfa_token"]
+    two = code_step(client, token, "\uff11" * 6)  # fullwidth
+    other = register(client, "bob@example.com")
+    client.post("/users/me/mfa/totp", json={"current_password": PASSWORD}, headers=other.headers)
+    three = client.post("/users/me/mfa/totp/confirm", json={"code": arabic}, headers=other.headers)
+    assert [one.status_code, two.status_code, three.status_code] == [400, 400, 400]
+
+
+def test_guessing_the_code_of_a_pending_enrolment_locks_like_passwords(client: TestClient, user: Account) -> None:
+    """A stolen access token cannot finish an enrolment its owner started by guessing."""
+    client.post("/users/me/mfa/totp", json={"current_password": PASSWORD}, headers=user.headers)
+    for i in range(5):
+        assert (
+            client.post("/users/me/mfa/totp/confirm", json={"code": f"{i:06d}"}, headers=user.headers).status_code
+            == 400
+        )
+    locked = client.post("/users/me/mfa/totp/confirm", json={"code": "000099"}, headers=user.headers)
+    assert locked.status_code == 429
+    assert password_step(client, user.email).status_code == 429
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"mfa_required_for_superusers": True, "introspection_requires_client": False}]
+)
+def test_introspection_follows_the_enrolment_policy(client: TestClient, admin: Account) -> None:
+    seen = client.post("/auth/introspect", data={"token": admin.access_token}).json()
+    assert seen["active"] is True and seen["permissions"] == [] and seen["roles"] == [] and seen["amr"] == ["pwd"]
+
+
+def test_an_admin_cannot_reset_their_own_second_factor_with_a_token_alone(client: TestClient, admin: Account) -> None:
+    enrol(client, admin)
+    answer = client.delete(f"/users/{admin.id}/mfa", headers=admin.headers)
+    assert answer.status_code == 409 and answer.json()["code"] == "CONFLICT"
+    assert password_step(client, admin.email, admin.password).status_code == 403  # still mfa_required
+
+
+def test_a_real_clients_secret_is_never_taken_for_a_code(client: TestClient, user: Account, admin: Account) -> None:
+    enrol(client, user)
+    client_id, secret = service(client, admin)
+    form = {"username": user.email, "password": PASSWORD}
+    in_form = {**form, "client_id": client_id, "client_secret": secret}
+    for answer in (
+        client.post("/auth/login", data=form, auth=(client_id, secret)),
+        client.post("/auth/login", data=in_form),
+    ):
+        assert answer.status_code == 403 and answer.json()["error"] == "mfa_required"
+    assert password_step(client, user.email).status_code == 403  # not locked
+
+
+def test_a_right_password_elsewhere_does_not_reset_the_count_of_wrong_codes(client: TestClient, user: Account) -> None:
+    enrol(client, user)
+    token = password_step(client, user.email).json()["mfa_token"]
+    for _ in range(4):
+        assert code_step(client, token, "000000").status_code == 400
+    same_email = client.patch(
+        "/users/me", json={"email": user.email, "current_password": PASSWORD}, headers=user.headers
+    )
+    assert same_email.status_code == 200
+    assert code_step(client, token, "000000").status_code == 400  # the 5th failure: locked now
+    assert code_step(client, token, "000001").status_code == 429

@@ -117,7 +117,8 @@ def login(
                 raise _oauth_error(400, "invalid_request", "username and password are required.")
             check, user = accounts.authenticate(db, settings, username, password)
             if user.totp_enabled_at is not None:
-                return mfa.login(db, settings, check, user, otp or _code_in_client_secret(request, client_secret))
+                code = otp or _code_in_client_secret(request, client_id, client_secret)
+                return mfa.login(db, settings, check, user, code)
             return sessions.start_session(db, settings, check, user)
         if grant_type == "refresh_token":
             if not refresh_token:
@@ -141,14 +142,15 @@ def login(
         raise
 
 
-def _code_in_client_secret(request: Request, client_secret: str | None) -> str | None:
+def _code_in_client_secret(request: Request, client_id: str | None, client_secret: str | None) -> str | None:
     """Swagger's Authorize dialog has no field for a code, only client_id and client_secret,
-    which it sends in the form or as HTTP Basic (`:code` with client_id empty). The password
-    grant has no client to authenticate, so that secret can only be the code."""
-    if client_secret:
+    which it sends in the form or as HTTP Basic (`:code`). With client_id empty, the
+    password grant has no client to authenticate, so that secret can only be the code; a
+    real client's credentials (client_id given) are never taken for one."""
+    if client_secret and not client_id:
         return client_secret
     basic = clients.basic_credentials(request.headers.get("authorization"))
-    return basic[1] if basic and basic[1] else None
+    return basic[1] if basic and not basic[0] and basic[1] else None
 
 
 def _authenticated_client(
