@@ -62,6 +62,9 @@ class DatabaseSettings(BaseSettings):
     database_url: str = "sqlite:///./auth.db"
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=20, ge=0)
+    # PostgreSQL plans the per-request query once per connection; off behind PgBouncer in
+    # transaction mode, which cannot keep a prepared statement on one connection.
+    database_prepared_statements: bool = True
     database_wait_seconds: float = Field(default=60, ge=0)
 
     @field_validator("database_url")

@@ -32,7 +32,12 @@ username, then try `GET /users/me`. Errors have one shape: `{"detail": ..., "cod
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings(Settings)  # a bad setting exits with one line, no traceback
     configure_logging(settings)
-    engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
+    engine = make_engine(
+        settings.database_url,
+        settings.database_pool_size,
+        settings.database_max_overflow,
+        prepared_statements=settings.database_prepared_statements,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

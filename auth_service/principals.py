@@ -8,17 +8,20 @@ not been retired: logout, a password change, deactivation or a deleted client cu
 on the very next request, on every worker.
 """
 
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, exists, select
+from sqlalchemy import Connection, Engine, Select, bindparam, exists, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
 from auth_service.config import Settings
+from auth_service.db import PREPARED_STATEMENTS
 from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode
-from auth_service.models import Client, Role, SigningKey, User, UserRole, UserSession, utcnow
+from auth_service.models import Client, Role, SigningKey, User, UserRole, UserSession, UTCDateTime, utcnow
 from auth_service.permissions import BUILTIN_PERMISSIONS
 from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
 from auth_service.signing_keys import public_key, usable
@@ -83,33 +86,106 @@ def _key_is_live(kid: str | None, now: datetime) -> list[Any]:
     return [exists().where(signing_keys.c.kid == kid, usable(now))]
 
 
-def load_user(
-    connection: Connection, user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None = None
-) -> Principal | None:
-    """The user with their roles, if the session is live; None otherwise. One round trip."""
-    now = utcnow()
-    rows = connection.execute(
+def _user_query(with_kid: bool) -> Select[Any]:
+    """The one query of an authenticated request: the user, their session's `amr`, their
+    roles, if the session is live (and, with ES256/RS256, the token's key not retired)."""
+    now = bindparam("now", type_=UTCDateTime())
+    conditions = [
+        users.c.id == bindparam("user_id"),
+        user_sessions.c.id == bindparam("session_id"),
+        user_sessions.c.revoked_at.is_(None),
+        user_sessions.c.expires_at > now,
+    ]
+    if with_kid:
+        conditions.append(exists().where(signing_keys.c.kid == bindparam("kid"), usable(now)))
+    return (
         select(*ACCOUNT_COLUMNS, user_sessions.c.amr, roles.c.name, roles.c.permissions)
         .select_from(
             users.join(user_sessions, user_sessions.c.user_id == users.c.id)
             .outerjoin(user_roles, user_roles.c.user_id == users.c.id)
             .outerjoin(roles, roles.c.id == user_roles.c.role_id)
         )
-        .where(
-            users.c.id == user_id,
-            user_sessions.c.id == session_id,
-            user_sessions.c.revoked_at.is_(None),
-            user_sessions.c.expires_at > now,
-            *_key_is_live(kid, now),
-        )
-    ).all()
+        .where(*conditions)
+    )
+
+
+USER_QUERIES = {with_kid: _user_query(with_kid) for with_kid in (True, False)}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A PostgreSQL prepared statement of one of USER_QUERIES: PostgreSQL plans that join
+    once per connection instead of on every request (most of its cost)."""
+
+    name: str
+    prepare: str
+    execute: str
+    params: tuple[str, ...]
+
+
+def _prepared(with_kid: bool) -> Prepared:
+    compiled = str(USER_QUERIES[with_kid].compile(dialect=postgresql.psycopg2.dialect()))  # type: ignore[no-untyped-call]
+    params: list[str] = []
+
+    def positional(match: re.Match[str]) -> str:
+        if match.group(1) not in params:
+            params.append(match.group(1))
+        return f"${params.index(match.group(1)) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", positional, compiled)
+    name = f"auth_principal_{'kid' if with_kid else 'hs'}"
+    execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
+    return Prepared(name, f"PREPARE {name} AS {body}", execute, tuple(params))
+
+
+PREPARED = {with_kid: _prepared(with_kid) for with_kid in (True, False)}
+
+
+def _user_rows(connection: Connection, params: dict[str, Any], with_kid: bool) -> list[tuple[Any, ...]]:
+    if not connection.get_execution_options().get(PREPARED_STATEMENTS):
+        return [tuple(row) for row in connection.execute(USER_QUERIES[with_kid], params)]
+    statement = PREPARED[with_kid]
+    pooled = connection.connection  # one DBAPI connection, and its `info` lives as long as it does
+    cursor = pooled.cursor()
+    try:
+        if not pooled.info.get(statement.name):
+            cursor.execute(statement.prepare)
+            pooled.info[statement.name] = True
+        values = [
+            str(params[name]) if isinstance(params[name], uuid.UUID) else params[name] for name in statement.params
+        ]
+        cursor.execute(statement.execute, values)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return [_as_python(row) for row in rows]
+
+
+def _as_python(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What SQLAlchemy's types would have made of a raw psycopg2 row: UUIDs, UTC times."""
+    values = list(row)
+    values[0] = values[0] if isinstance(values[0], uuid.UUID) else uuid.UUID(str(values[0]))
+    for index in (6, 7):  # created_at, last_login_at
+        if values[index] is not None:
+            values[index] = values[index].astimezone(UTC)
+    return tuple(values)
+
+
+def load_user(
+    connection: Connection, user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None = None
+) -> Principal | None:
+    """The user with their roles, if the session is live; None otherwise. One round trip:
+    on PostgreSQL a prepared statement, unless DATABASE_PREPARED_STATEMENTS is off."""
+    params = {"user_id": user_id, "session_id": session_id, "now": utcnow(), "kid": kid}
+    rows = _user_rows(connection, params, kid is not None)
     if not rows:
         return None
-    account = Account(*rows[0][: len(ACCOUNT_COLUMNS)])
-    role_names = sorted(row.name for row in rows if row.name is not None)
-    granted = {permission for row in rows for permission in row.permissions or []}
+    width = len(ACCOUNT_COLUMNS)
+    account = Account(*rows[0][:width])
+    amr = tuple(str(rows[0][width]).split())
+    role_names = sorted(row[width + 1] for row in rows if row[width + 1] is not None)
+    granted = {permission for row in rows for permission in row[width + 2] or []}
     permissions = effective_permissions(account.is_superuser, granted)
-    amr = tuple(rows[0].amr.split())
     return Principal(account.id, session_id, role_names, permissions, account=account, amr=amr)
 
 

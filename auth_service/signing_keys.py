@@ -42,7 +42,7 @@ _private_keys: dict[str, Key] = {}
 _keys_lock = threading.Lock()
 
 
-def usable(now: datetime) -> Any:
+def usable(now: datetime | Any) -> Any:
     """The SQL condition of a key that may still verify (and is published)."""
     return or_(table.c.expires_at.is_(None), table.c.expires_at > now)
 
