@@ -145,20 +145,15 @@ def _user_rows(connection: Connection, params: dict[str, Any], with_kid: bool) -
     if not connection.get_execution_options().get(PREPARED_STATEMENTS):
         return [tuple(row) for row in connection.execute(USER_QUERIES[with_kid], params)]
     statement = PREPARED[with_kid]
-    pooled = connection.connection  # one DBAPI connection, and its `info` lives as long as it does
-    cursor = pooled.cursor()
-    try:
-        if not pooled.info.get(statement.name):
-            cursor.execute(statement.prepare)
-            pooled.info[statement.name] = True
-        values = [
-            str(params[name]) if isinstance(params[name], uuid.UUID) else params[name] for name in statement.params
-        ]
-        cursor.execute(statement.execute, values)
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
-    return [_as_python(row) for row in rows]
+    prepared = connection.connection.info  # lives as long as its DBAPI connection does
+    if not prepared.get(statement.name):
+        connection.exec_driver_sql(statement.prepare)
+        prepared[statement.name] = True
+    values = tuple(
+        str(params[name]) if isinstance(params[name], uuid.UUID) else params[name] for name in statement.params
+    )
+    # Through SQLAlchemy, for its handling of a dropped connection (invalidated, retried).
+    return [_as_python(tuple(row)) for row in connection.exec_driver_sql(statement.execute, values)]
 
 
 def _as_python(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -4,10 +4,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -95,3 +96,46 @@ class Workers:
             process.terminate()
             process.wait(timeout=10)
         self.processes = []
+
+
+@contextmanager
+def tcp_proxy(port: int, target: tuple[str, int]) -> Iterator[None]:
+    """Forward 127.0.0.1:port to `target` while open: a database server that comes up when
+    this starts and goes away, every connection through it cut, when it ends."""
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.1)
+    stop = threading.Event()
+    open_sockets: list[socket.socket] = []
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(target)
+            open_sockets.extend((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        server.close()
+        for end in open_sockets:
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            with suppress(OSError):
+                end.close()

@@ -9,14 +9,11 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -29,7 +26,7 @@ from sqlalchemy.engine import make_url
 from auth_service.config import Settings
 from auth_service.models import metadata
 from tests.conftest import BACKENDS, ROOT, TEST_SECRET, alembic_config
-from tests.support import free_port, fresh_postgres_database, wait_until_healthy
+from tests.support import free_port, fresh_postgres_database, tcp_proxy, wait_until_healthy
 
 Result = subprocess.CompletedProcess[str]
 
@@ -200,41 +197,6 @@ def test_migrate_into_a_missing_folder_says_so(tmp_path: Path) -> None:
     result = run(tmp_path, ["-m", "auth_service", "migrate"], settings)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "unable to open database file" in result.stderr and "writable" in result.stderr
-
-
-@contextmanager
-def tcp_proxy(port: int, target: tuple[str, int]) -> Iterator[None]:
-    """Forward 127.0.0.1:port to `target`: a database server that comes up when this starts."""
-    server = socket.create_server(("127.0.0.1", port))
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def pump(source: socket.socket, sink: socket.socket) -> None:
-        with suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for end in (source, sink):
-            with suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                client, _ = server.accept()
-            except TimeoutError:
-                continue
-            upstream = socket.create_connection(target)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        acceptor.join(timeout=5)
-        server.close()
 
 
 @pytest.mark.skipif("postgresql" not in BACKENDS, reason="needs PostgreSQL (TEST_DATABASE_URL)")
