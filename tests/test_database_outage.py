@@ -5,7 +5,6 @@ no pre-ping (a round trip per request), so this is what proves recovery."""
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
