@@ -37,7 +37,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: hashing, login and /users/me under load, against a local server
+## bench: the service beside two bare FastAPI references, on PostgreSQL (BENCH_DATABASE_URL), with wrk (README: Performance)
 bench: $(VENV)/.dev
 	$(BIN)/python -m tests.bench
 

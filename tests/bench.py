@@ -64,6 +64,7 @@ FLOOD_CLIENTS = 32
 FLOOD_ACCOUNTS = 16  # the flood's clients share these two by two; every password is right
 FLOOD_RAMP_SECONDS = 2.0
 CLIENT_TIMEOUT = 30.0
+NOISY = 0.25  # of a core, taken by the rest of the machine during a measurement
 # Set by the bench itself: where to listen, one worker, and the app (always a factory here).
 SET_BY_BENCH = ("--host", "--port", "--workers", "--uds", "--fd")
 SET_BY_BENCH_FLAGS = ("--factory",)
@@ -785,7 +786,8 @@ def report(header: list[tuple[str, str]], rows: list[Row], targets: list[Target]
         "",
         "CPU columns: share of one core over the measurement: server = the uvicorn process, PostgreSQL = every",
         "postgres process here, generator = wrk or the bench's own client threads, others = the rest of the",
-        "machine (other people's work: noise). load = the 1-minute load average when it started.",
+        "machine (other people's work: noise; `!` marks rows where it took a quarter of a core or more: rerun",
+        "when the machine is quiet). load = the 1-minute load average when it started.",
         "",
         "| measurement | req/s | p50 | p99 | server | PostgreSQL | generator | others | load | notes |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -794,7 +796,8 @@ def report(header: list[tuple[str, str]], rows: list[Row], targets: list[Target]
         cells = [row.name, "-" if row.rate is None else f"{row.rate:,.1f}", ms(row.p50), ms(row.p99)]
         if row.usage:
             u = row.usage
-            cells += [share(u.server), share(u.postgres), share(u.generator), share(u.others), f"{u.load:.2f}"]
+            others = share(u.others) + (" !" if u.others >= NOISY else "")
+            cells += [share(u.server), share(u.postgres), share(u.generator), others, f"{u.load:.2f}"]
         else:
             cells += ["-"] * 5
         lines.append("| " + " | ".join([*cells, row.note]) + " |")
