@@ -13,6 +13,11 @@ What it does, in about two and a half minutes:
   4. prints the machine, one table of results and the issue's targets with PASS/FAIL, kills
      the servers and drops the database, also on Ctrl-C. It reports; it never fails on a target.
 
+Each row shows the CPU the server, PostgreSQL, the load generator and the rest of the machine
+used meanwhile. A measurement during which the rest of the machine took a quarter of a core or
+more (other people's work) is taken once more and the quieter kept (not the flood, which is
+one composite measurement).
+
 Settings: BENCH_DATABASE_URL (a PostgreSQL server URL; a database is created on it and
 dropped after), BENCH_SECONDS (per measurement, default 15). Traffic goes to 127.0.0.1 only;
 every loop is bounded in time.
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import Literal, TypeVar
 
 import uvicorn
 from sqlalchemy import create_engine, text
@@ -402,8 +407,8 @@ def found(pattern: str, output: str) -> str:
     return match.group(1)
 
 
-def wrk_row(name: str, result: WrkResult) -> Row:
-    note = f"{result.requests} requests"
+def wrk_row(name: str, result: WrkResult, retried: str = "") -> Row:
+    note = f"{result.requests} requests{retried}"
     if result.non_2xx or result.socket_errors:
         note += f"; {result.non_2xx} non-2xx, {result.socket_errors} socket errors: NOT VALID"
     return Row(name, result.rate, result.p50, result.p99, result.usage, note)
@@ -484,7 +489,15 @@ def statuses(answers: list[Answer]) -> str:
 # ---------------------------------------------------------------- measurements
 
 
-def verification_seconds(env: dict[str, str], workdir: Path) -> tuple[float, int, str]:
+@dataclass
+class Verification:
+    seconds: float
+    hash_concurrency: int
+    parameters: str
+    usage: Usage
+
+
+def verify_password_timing(env: dict[str, str], workdir: Path) -> Verification:
     """Median time of one Argon2id verification by the service's own code and settings, in a
     fresh interpreter with the service's environment; also HASH_CONCURRENCY and the parameters."""
     program = f"""
@@ -505,6 +518,7 @@ print(json.dumps({{
                   f"p={{settings.argon2_parallelism}}",
 }}))
 """
+    before = snapshot(None)
     done = subprocess.run(
         [sys.executable, "-c", program],
         cwd=workdir,
@@ -514,8 +528,27 @@ print(json.dumps({{
         timeout=120,
         check=True,
     )
+    usage = Usage.between(before, snapshot(None), "child")
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    return float(found["median"]), int(found["hash_concurrency"]), str(found["parameters"])
+    return Verification(float(found["median"]), int(found["hash_concurrency"]), str(found["parameters"]), usage)
+
+
+T = TypeVar("T")
+
+
+def quietest(measure: Callable[[], T], usage: Callable[[T], Usage | None]) -> tuple[T, str]:
+    """Measure; when the rest of the machine took a quarter core or more meanwhile, measure
+    once more and keep the quieter of the two. Also a note saying so."""
+    first = measure()
+    first_usage = usage(first)
+    if first_usage is None or first_usage.others < NOISY:
+        return first, ""
+    progress(f"the rest of the machine took {share(first_usage.others)} of a core meanwhile: once more")
+    second = measure()
+    second_usage = usage(second)
+    assert second_usage is not None
+    kept = second if second_usage.others < first_usage.others else first
+    return kept, f"; quieter of 2 (others {share(first_usage.others)}, {share(second_usage.others)})"
 
 
 def sequential_logins(service: Server, email: str) -> Row:
@@ -701,18 +734,20 @@ def run(stack: ExitStack, workdir: Path, database_url: str, header: list[tuple[s
     ]:
         progress(f"wrk {name}: {WARMUP_SECONDS:.0f} s warm-up, then {SECONDS:.0f} s")
         wrk(server, path, WARMUP_SECONDS, workdir, bearer)
-        measured.append(wrk(server, path, SECONDS, workdir, bearer))
-        rows.append(wrk_row(name, measured[-1]))
+        result, retried = quietest(partial(wrk, server, path, SECONDS, workdir, bearer), lambda r: r.usage)
+        measured.append(result)
+        rows.append(wrk_row(name, result, retried))
     r1_result, r2_result, me_idle = measured
 
     progress(f"timing {VERIFICATIONS} Argon2id verifications")
-    before = snapshot(None)
-    verify, hash_concurrency, parameters = verification_seconds(service_env, workdir)
-    usage = Usage.between(before, snapshot(None), "child")
-    rows.append(Row("Argon2id verify (median)", None, verify, None, usage, f"{parameters}, in a fresh interpreter"))
+    verification, retried = quietest(partial(verify_password_timing, service_env, workdir), lambda v: v.usage)
+    verify, hash_concurrency = verification.seconds, verification.hash_concurrency
+    note = f"{verification.parameters}, in a fresh interpreter{retried}"
+    rows.append(Row("Argon2id verify (median)", None, verify, None, verification.usage, note))
 
     progress(f"{SEQUENTIAL_LOGINS} logins at 1 client")
-    one_client = sequential_logins(service, flood_emails[0])
+    one_client, retried = quietest(partial(sequential_logins, service, flood_emails[0]), lambda r: r.usage)
+    one_client.note += retried
     progress(f"logins at 2 clients for {SECONDS:.0f} s")
     two_clients = concurrent_logins(service, flood_emails[:2], SECONDS)
     rss_before_flood = service.peak_rss_mib()
