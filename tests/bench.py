@@ -51,7 +51,7 @@ from types import FrameType
 from typing import Literal, TypeVar
 
 import uvicorn
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from auth_service.config import Settings
 from tests.support import free_port, fresh_postgres_database
@@ -239,9 +239,11 @@ def load1() -> float:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_ticks() -> dict[int, int]:
-    """CPU ticks of every PostgreSQL process on this machine (other databases' too), by pid."""
-    ticks: dict[int, int] = {}
+def postgres_cpu_ticks() -> int:
+    """CPU ticks of every PostgreSQL process on this machine (other databases' too), with
+    those of its children that ended (the postmaster's cutime and cstime hold every backend
+    that has exited: a pool that closes and reopens connections spends CPU there)."""
+    ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             comm, rest = stat.read_text().split(" (", 1)[1].rsplit(") ", 1)
@@ -249,7 +251,7 @@ def postgres_cpu_ticks() -> dict[int, int]:
             continue  # gone meanwhile
         if comm == "postgres":
             fields = rest.split()
-            ticks[int(stat.parent.name)] = int(fields[11]) + int(fields[12])
+            ticks += sum(int(n) for n in fields[11:15])
     return ticks
 
 
@@ -259,11 +261,32 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / TICK
 
 
+class ConnectionCounter:
+    """How many connections were ever opened to one database (pg_stat_database.sessions;
+    PostgreSQL flushes it about once a second, so counts are right to a second or so)."""
+
+    def __init__(self, server_url: str, database: str) -> None:
+        self.engine = create_engine(server_url, isolation_level="AUTOCOMMIT", pool_size=1)
+        self.database = database
+
+    def opened(self) -> int:
+        with self.engine.connect() as connection:
+            query = text("SELECT sessions FROM pg_stat_database WHERE datname = :name")
+            return int(connection.execute(query, {"name": self.database}).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+CONNECTIONS: ConnectionCounter | None = None  # set for the run
+
+
 @dataclass(frozen=True)
 class Snapshot:
     at: float
     server: float
-    postgres: dict[int, int]
+    postgres: int
+    connections: int | None
     own: float
     children: float
     busy: float
@@ -277,6 +300,7 @@ def snapshot(server: "Server | None") -> Snapshot:
         time.monotonic(),
         server.cpu_seconds() if server else 0.0,
         postgres_cpu_ticks(),
+        CONNECTIONS.opened() if CONNECTIONS else None,
         own.ru_utime + own.ru_stime,
         children.ru_utime + children.ru_stime,
         machine_busy_seconds(),
@@ -293,13 +317,17 @@ class Usage:
     generator: float  # wrk (a child process, reaped) or the bench's own Python client threads
     others: float  # the rest of the machine: other people's work, i.e. noise
     load: float  # 1-minute load average when it started
+    connections: int | None  # PostgreSQL connections opened to the bench's database meanwhile
 
     @classmethod
     def between(cls, before: Snapshot, after: Snapshot, generator: Literal["child", "threads"]) -> "Usage":
         elapsed = after.at - before.at
         server = after.server - before.server
-        # Processes that ended meanwhile are left out (their last ticks are lost: a slight undercount).
-        postgres = sum(ticks - before.postgres.get(pid, 0) for pid, ticks in after.postgres.items()) / TICK
+        # A backend that ended meanwhile moved its ticks into the postmaster's: the total holds.
+        postgres = (after.postgres - before.postgres) / TICK
+        connections = None
+        if before.connections is not None and after.connections is not None:
+            connections = after.connections - before.connections
         own = after.own - before.own
         children = after.children - before.children
         others = after.busy - before.busy - server - postgres - own - children
@@ -309,6 +337,7 @@ class Usage:
             (children if generator == "child" else own) / elapsed,
             max(0.0, others) / elapsed,
             before.load,
+            connections,
         )
 
 
@@ -685,6 +714,9 @@ def main() -> None:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="auth-bench-")))
         database_url = stack.enter_context(fresh_postgres_database(server_url, "auth_bench"))
+        global CONNECTIONS
+        CONNECTIONS = ConnectionCounter(server_url, str(make_url(database_url).database))
+        stack.callback(CONNECTIONS.close)
         run(stack, workdir, database_url, header)
 
 
@@ -834,19 +866,22 @@ def report(header: list[tuple[str, str]], rows: list[Row], targets: list[Target]
         "CPU columns: share of one core over the measurement: server = the uvicorn process, PostgreSQL = every",
         "postgres process here, generator = wrk or the bench's own client threads, others = the rest of the",
         "machine (other people's work: noise; `!` marks rows where it took a quarter of a core or more: rerun",
-        "when the machine is quiet). load = the 1-minute load average when it started.",
+        "when the machine is quiet). load = the 1-minute load average when it started. new DB conns =",
+        "connections opened to the bench's database meanwhile (pg_stat_database.sessions): a pool that",
+        "closes and reopens connections under load shows here, and its backends' CPU under PostgreSQL.",
         "",
-        "| measurement | req/s | p50 | p99 | server | PostgreSQL | generator | others | load | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| measurement | req/s | p50 | p99 | server | PostgreSQL | generator | others | load | new DB conns | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         cells = [row.name, "-" if row.rate is None else f"{row.rate:,.1f}", ms(row.p50), ms(row.p99)]
         if row.usage:
             u = row.usage
             others = share(u.others) + (" !" if u.others >= NOISY else "")
-            cells += [share(u.server), share(u.postgres), share(u.generator), others, f"{u.load:.2f}"]
+            connections = "-" if u.connections is None else str(u.connections)
+            cells += [share(u.server), share(u.postgres), share(u.generator), others, f"{u.load:.2f}", connections]
         else:
-            cells += ["-"] * 5
+            cells += ["-"] * 6
         lines.append("| " + " | ".join([*cells, row.note]) + " |")
     lines += ["", "| target (issue 13) | measured | goal | result |", "|---|---|---|---|"]
     for target in targets:
