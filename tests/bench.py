@@ -1,6 +1,6 @@
 """`make bench`: the service against two references, in one run, on PostgreSQL (issue 13).
 
-What it does, in about two and a half minutes:
+What it does, in about two minutes (a little more when a noisy measurement is retried):
   1. creates a fresh PostgreSQL database on BENCH_DATABASE_URL (default: the local server),
      migrates it, and starts three uvicorn servers with the same command-line options
      (UVICORN_OPTIONS, taken from the production command in the Dockerfile), one worker each:
@@ -132,7 +132,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / TICK
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -181,11 +181,11 @@ def wait_until_answering(server: Server, path: str, timeout: float = 30) -> None
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             break
-        try:
-            if Client(server.port, timeout=2).call("GET", path).status == 200:
-                return
-        except (OSError, http.client.HTTPException):
-            pass
+        client = Client(server.port, timeout=2)
+        answered = client.call("GET", path).status == 200
+        client.close()
+        if answered:
+            return
         time.sleep(0.1)
     tail = server.log.read_text(errors="replace")[-3000:]
     raise RuntimeError(f"{server.name} did not answer 200 on {path} within {timeout:.0f} s; its log:\n{tail}")
