@@ -51,7 +51,7 @@ DOCKER ?= docker
 image:
 	$(DOCKER) build $(if $(findstring podman,$(DOCKER)),--format docker) -t auth_service .
 
-## bench: hashing, login and /users/me under load, against a local server
+## bench: the service beside two bare FastAPI references, on PostgreSQL (BENCH_DATABASE_URL), with wrk (README: Performance)
 bench: $(VENV)/.dev
 	$(BIN)/python -m tests.bench
 
