@@ -61,10 +61,15 @@ class DatabaseSettings(BaseSettings):
 
     database_url: str = "sqlite:///./auth.db"
     database_pool_size: int = Field(default=10, ge=1)
-    database_max_overflow: int = Field(default=20, ge=0)
+    # Connections past the pool are closed when handed back: under steady load that is a
+    # new PostgreSQL backend per request. Requests rather wait a moment for a pooled one.
+    database_max_overflow: int = Field(default=0, ge=0)
     # PostgreSQL plans the per-request query once per connection; off behind PgBouncer in
     # transaction mode, which cannot keep a prepared statement on one connection.
     database_prepared_statements: bool = True
+    # PostgreSQL: the non-blocking connections of each worker's per-request principal read.
+    database_read_connections: int = Field(default=4, ge=1)
+    database_read_timeout_seconds: float = Field(default=10.0, gt=0)
     database_wait_seconds: float = Field(default=60, ge=0)
 
     @field_validator("database_url")
@@ -107,9 +112,14 @@ class Settings(DatabaseSettings):
     password_require_symbol: bool = False
     argon2_time_cost: int = Field(default=3, ge=1)
     argon2_memory_cost: int = Field(default=65536, ge=8)
-    argon2_parallelism: int = Field(default=4, ge=1)
-    hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
-    hash_queue_limit: int = Field(default=64, ge=1)
+    # One lane per hash, one core per hash: HASH_CONCURRENCY hashes run side by side, each
+    # at full speed (pwdlib's profile has 4 lanes, which on a small machine only fight).
+    argon2_parallelism: int = Field(default=1, ge=1)
+    # All cores but one, so a login flood leaves a core for every other request.
+    hash_concurrency: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1), ge=1)
+    # Logins that may wait for a hash; past it, 503 at once. Unset: 8 per hashing slot, so
+    # the wait stays near a second instead of growing with the flood.
+    hash_queue_limit: int | None = Field(default=None, ge=1)
 
     product_name: str = Field(default="auth_service", min_length=1, max_length=100)
     templates_dir: DirectoryPath | None = None
@@ -178,6 +188,17 @@ class Settings(DatabaseSettings):
         if self.environment == "production" and self.email_backend == "smtp" and not self.smtp_host:
             raise ValueError("EMAIL_BACKEND=smtp needs SMTP_HOST (the mail server's host name)")
         return self
+
+    @model_validator(mode="after")
+    def _queue_for_the_slots(self) -> "Settings":
+        if self.hash_queue_limit is None:
+            self.hash_queue_limit = 8 * self.hash_concurrency
+        return self
+
+    @property
+    def hash_queue(self) -> int:
+        assert self.hash_queue_limit is not None  # set by the validator
+        return self.hash_queue_limit
 
     @model_validator(mode="after")
     def _check_proxies(self) -> "Settings":

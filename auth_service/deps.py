@@ -1,6 +1,6 @@
 """Request dependencies: settings, database session, the caller, permission checks."""
 
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -14,6 +14,7 @@ from auth_service.config import Limit, Settings
 from auth_service.db import new_session
 from auth_service.errors import AppError, ErrorCode, email_not_verified, permission_denied
 from auth_service.principals import Principal
+from auth_service.security import place_in_the_hash_queue
 from auth_service.sessions import needs_enrolment
 
 oauth2_scheme = OAuth2PasswordBearer(
@@ -47,7 +48,11 @@ async def _authenticate(
     a verified address (REQUIRE_VERIFIED_EMAIL), a second factor for superusers
     (MFA_REQUIRED_FOR_SUPERUSERS), a user rather than a service client."""
     state = request.app.state
-    principal: Principal = await run_in_threadpool(principals.authenticate, state.engine, state.settings, token)
+    principal: Principal
+    if state.reads is not None:  # PostgreSQL: the read stays on the event loop
+        principal = await principals.authenticate_async(state.engine, state.reads, state.settings, token)
+    else:
+        principal = await run_in_threadpool(principals.authenticate, state.engine, state.settings, token)
     account = principal.account
     if account is None:
         if users_only:
@@ -103,6 +108,18 @@ def require_permission(
         return principal
 
     return check
+
+
+async def admit_to_the_hash_queue(request: Request) -> AsyncIterator[None]:
+    """A password login takes its place in the hash queue here, on the event loop, before a
+    thread, a query or a transaction is spent on it: past HASH_QUEUE_LIMIT it gets its 503
+    at once, and a login let in is never turned away later."""
+    form = await request.form()
+    if form.get("grant_type") not in (None, "", "password"):
+        yield
+        return
+    with place_in_the_hash_queue(request.app.state.settings):
+        yield
 
 
 def limit_per_ip(name: str, limit_of: Callable[[Settings], Limit | None]) -> Callable[[Request, Settings], None]:

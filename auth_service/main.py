@@ -12,8 +12,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from auth_service import __version__, signing_keys
 from auth_service.accounts import create_superuser, find_user_by_email
+from auth_service.async_reads import AsyncReads
 from auth_service.config import Settings, load_settings
-from auth_service.db import make_engine, new_session
+from auth_service.db import CONNECT_TIMEOUT_SECONDS, make_engine, new_session
 from auth_service.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from auth_service.logs import configure_logging
 from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Room for HASH_QUEUE_LIMIT logins waiting on a hash, and 40 threads for the rest.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue_limit + 40
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue + 40
         for warning in settings.warnings():
             logger.warning("%s", warning)
         create_first_superuser(settings, app)
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if stop_sender:
             stop_sender()
+        if app.state.reads is not None:
+            app.state.reads.close()
         engine.dispose()
 
     app = FastAPI(
@@ -71,6 +74,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.reads = (  # PostgreSQL: each request's principal read, on the event loop
+        AsyncReads(
+            engine,
+            size=settings.database_read_connections,
+            timeout=settings.database_read_timeout_seconds,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            prepared=settings.database_prepared_statements,
+        )
+        if engine.dialect.name == "postgresql"
+        else None
+    )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too

@@ -14,17 +14,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from jose import JOSEError, jwt
 from sqlalchemy import Connection, Engine, Select, bindparam, exists, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
 
+from auth_service.async_reads import AsyncReads
 from auth_service.config import Settings
 from auth_service.db import PREPARED_STATEMENTS
 from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode
 from auth_service.models import Client, Role, SigningKey, User, UserRole, UserSession, UTCDateTime, utcnow
 from auth_service.permissions import BUILTIN_PERMISSIONS
-from auth_service.security import TokenExpired, TokenInvalid, decode_access_token
-from auth_service.signing_keys import public_key, usable
+from auth_service.security import ASYMMETRIC, TokenExpired, TokenInvalid, decode_access_token
+from auth_service.signing_keys import is_cached, public_key, usable
 
 users = User.__table__  # type: ignore[attr-defined]
 user_sessions = UserSession.__table__  # type: ignore[attr-defined]
@@ -114,45 +117,48 @@ USER_QUERIES = {with_kid: _user_query(with_kid) for with_kid in (True, False)}
 
 @dataclass(frozen=True)
 class Prepared:
-    """A PostgreSQL prepared statement of one of USER_QUERIES: PostgreSQL plans that join
-    once per connection instead of on every request (most of its cost)."""
+    """One of USER_QUERIES for the driver itself: as a prepared statement (PostgreSQL then
+    plans the join once per connection, not on every request: most of its cost), or
+    plain (DATABASE_PREPARED_STATEMENTS off). Both take the parameters by name."""
 
     name: str
     prepare: str
     execute: str
-    params: tuple[str, ...]
+    sql: str
 
 
 def _prepared(with_kid: bool) -> Prepared:
-    compiled = str(USER_QUERIES[with_kid].compile(dialect=postgresql.psycopg2.dialect()))  # type: ignore[no-untyped-call]
-    params: list[str] = []
+    sql = str(USER_QUERIES[with_kid].compile(dialect=postgresql.psycopg2.dialect()))  # type: ignore[no-untyped-call]
+    names: list[str] = []
 
-    def positional(match: re.Match[str]) -> str:
-        if match.group(1) not in params:
-            params.append(match.group(1))
-        return f"${params.index(match.group(1)) + 1}"
+    def numbered(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
 
-    body = re.sub(r"%\((\w+)\)s", positional, compiled)
+    body = re.sub(r"%\((\w+)\)s", numbered, sql)
     name = f"auth_principal_{'kid' if with_kid else 'hs'}"
-    execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
-    return Prepared(name, f"PREPARE {name} AS {body}", execute, tuple(params))
+    execute = f"EXECUTE {name}({', '.join(f'%({n})s' for n in names)})"
+    return Prepared(name, f"PREPARE {name} AS {body}", execute, sql)
 
 
 PREPARED = {with_kid: _prepared(with_kid) for with_kid in (True, False)}
 
 
+def _driver_values(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: str(value) if isinstance(value, uuid.UUID) else value for key, value in params.items()}
+
+
 def _user_rows(connection: Connection, params: dict[str, Any], with_kid: bool) -> list[tuple[Any, ...]]:
-    if not connection.get_execution_options().get(PREPARED_STATEMENTS):
+    if connection.dialect.name != "postgresql":
         return [tuple(row) for row in connection.execute(USER_QUERIES[with_kid], params)]
-    statement = PREPARED[with_kid]
+    statement, values = PREPARED[with_kid], _driver_values(params)
+    if not connection.get_execution_options().get(PREPARED_STATEMENTS):
+        return [_as_python(tuple(row)) for row in connection.exec_driver_sql(statement.sql, values)]
     prepared = connection.connection.info  # lives as long as its DBAPI connection does
     if not prepared.get(statement.name):
         connection.exec_driver_sql(statement.prepare)
         prepared[statement.name] = True
-    values = tuple(
-        str(params[name]) if isinstance(params[name], uuid.UUID) else params[name] for name in statement.params
-    )
-    # Through SQLAlchemy, for its handling of a dropped connection (invalidated, retried).
     return [_as_python(tuple(row)) for row in connection.exec_driver_sql(statement.execute, values)]
 
 
@@ -166,13 +172,11 @@ def _as_python(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(values)
 
 
-def load_user(
-    connection: Connection, user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None = None
-) -> Principal | None:
-    """The user with their roles, if the session is live; None otherwise. One round trip:
-    on PostgreSQL a prepared statement, unless DATABASE_PREPARED_STATEMENTS is off."""
-    params = {"user_id": user_id, "session_id": session_id, "now": utcnow(), "kid": kid}
-    rows = _user_rows(connection, params, kid is not None)
+def _user_params(user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None) -> dict[str, Any]:
+    return {"user_id": user_id, "session_id": session_id, "now": utcnow(), "kid": kid}
+
+
+def _principal(rows: list[tuple[Any, ...]], session_id: uuid.UUID) -> Principal | None:
     if not rows:
         return None
     width = len(ACCOUNT_COLUMNS)
@@ -182,6 +186,25 @@ def load_user(
     granted = {permission for row in rows for permission in row[width + 2] or []}
     permissions = effective_permissions(account.is_superuser, granted)
     return Principal(account.id, session_id, role_names, permissions, account=account, amr=amr)
+
+
+def load_user(
+    connection: Connection, user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None = None
+) -> Principal | None:
+    """The user with their roles, if the session is live; None otherwise. One round trip:
+    on PostgreSQL a prepared statement, unless DATABASE_PREPARED_STATEMENTS is off."""
+    params = _user_params(user_id, session_id, kid)
+    return _principal(_user_rows(connection, params, kid is not None), session_id)
+
+
+async def load_user_async(
+    reads: AsyncReads, user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None
+) -> Principal | None:
+    """load_user on the event loop (PostgreSQL): the same query, on a non-blocking connection."""
+    statement = PREPARED[kid is not None]
+    values = _driver_values(_user_params(user_id, session_id, kid))
+    rows = await reads.fetch(statement.name, statement.prepare, statement.execute, statement.sql, values)
+    return _principal([_as_python(row) for row in rows], session_id)
 
 
 def load_client(
@@ -223,28 +246,60 @@ def verify(engine: Engine, settings: Settings, token: str) -> tuple[dict[str, An
     return decode_access_token(settings, token, lambda kid: public_key(engine, kid))
 
 
-def authenticate(engine: Engine, settings: Settings, token: str | None) -> Principal:
-    """The bearer token's principal, or 401 (NOT_AUTHENTICATED, TOKEN_EXPIRED, INVALID_TOKEN)
-    or 403 INACTIVE_USER. The lookup is a plain read outside any transaction, retried once
-    on a fresh connection if the database dropped the pooled one (a restart)."""
+def _claims_or_401(engine: Engine, settings: Settings, token: str | None) -> tuple[dict[str, Any], str | None]:
     if not token:
         raise AppError(401, ErrorCode.NOT_AUTHENTICATED, "Not authenticated.", headers=BEARER)
     try:
-        claims, kid = verify(engine, settings, token)
+        return verify(engine, settings, token)
     except TokenExpired:
         raise AppError(401, ErrorCode.TOKEN_EXPIRED, "The access token has expired.", headers=BEARER_INVALID) from None
     except TokenInvalid:
         raise AppError(401, ErrorCode.INVALID_TOKEN, "The access token is invalid.", headers=BEARER_INVALID) from None
-    for attempt in (1, 2):
-        try:
-            with engine.connect() as connection:
-                principal = load(connection.execution_options(isolation_level="AUTOCOMMIT"), claims, kid)
-            break
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
+
+
+def _live(principal: Principal | None) -> Principal:
     if principal is None:
         raise AppError(401, ErrorCode.INVALID_TOKEN, "The session has ended; log in again.", headers=BEARER_INVALID)
     if principal.account is not None and not principal.account.is_active:
         raise AppError(403, ErrorCode.INACTIVE_USER, "This account is deactivated.")
     return principal
+
+
+def _load_outside_a_transaction(engine: Engine, claims: dict[str, Any], kid: str | None) -> Principal | None:
+    """A plain read, retried once on a fresh connection if the server dropped the pooled one."""
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as connection:
+                return load(connection.execution_options(isolation_level="AUTOCOMMIT"), claims, kid)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+def authenticate(engine: Engine, settings: Settings, token: str | None) -> Principal:
+    """The bearer token's principal, or 401 (NOT_AUTHENTICATED, TOKEN_EXPIRED, INVALID_TOKEN)
+    or 403 INACTIVE_USER. Blocking: for the thread pool."""
+    claims, kid = _claims_or_401(engine, settings, token)
+    return _live(_load_outside_a_transaction(engine, claims, kid))
+
+
+async def authenticate_async(engine: Engine, reads: AsyncReads, settings: Settings, token: str | None) -> Principal:
+    """`authenticate` without leaving the event loop, for PostgreSQL: the token checked here
+    (a key not cached yet is looked up in the thread pool, once per process and key), a
+    user's session read on a non-blocking connection; a service client's in the pool."""
+    if token and settings.jwt_algorithm in ASYMMETRIC:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except JOSEError:
+            kid = None
+        if isinstance(kid, str) and 0 < len(kid) <= 64 and not is_cached(kid):
+            await run_in_threadpool(public_key, engine, kid)
+    claims, kid = _claims_or_401(engine, settings, token)
+    if "client_id" in claims:
+        return _live(await run_in_threadpool(_load_outside_a_transaction, engine, claims, kid))
+    try:
+        user_id = uuid.UUID(claims["sub"])
+    except ValueError:
+        return _live(None)
+    return _live(await load_user_async(reads, user_id, uuid.UUID(claims["sid"]), kid))

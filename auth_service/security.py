@@ -8,6 +8,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -37,34 +38,65 @@ def normalize_password(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
-@dataclass(frozen=True)
+def hashing_is_busy() -> AppError:
+    detail = "Too many logins at once; try again shortly."
+    return AppError(503, ErrorCode.SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "1"})
+
+
 class _Hasher:
     """Argon2id with two bounds per process: `slots` hashes run at once (each takes
-    ARGON2_MEMORY_COST of memory), and at most `admission` requests (HASH_QUEUE_LIMIT) hold
+    ARGON2_MEMORY_COST of memory), and at most `limit` requests (HASH_QUEUE_LIMIT) hold
     a thread for one, running or waiting. Past that, 503 at once: a login flood cannot
     take every worker thread and stall cheap requests such as /users/me."""
 
-    hash: PasswordHash
-    slots: threading.BoundedSemaphore
-    admission: threading.BoundedSemaphore
+    def __init__(self, hash: PasswordHash, concurrency: int, limit: int) -> None:
+        self.hash = hash
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.limit = max(concurrency, limit)
+        self._in_line = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_line(self) -> int:
+        """Requests running or waiting for a hash."""
+        return self._in_line
+
+    def admit(self) -> bool:
+        """Take a place in line, if there is one."""
+        with self._lock:
+            if self._in_line >= self.limit:
+                return False
+            self._in_line += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_line -= 1
 
     @contextmanager
     def turn(self) -> Iterator[None]:
-        if not self.admission.acquire(blocking=False):
-            detail = "Too many logins at once; try again shortly."
-            raise AppError(503, ErrorCode.SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "1"})
+        """Wait for a slot, and hash. A request admitted up front (`admitted`) has its place
+        in line already; any other takes one here, or gets 503."""
+        here = not admitted.get()
+        if here and not self.admit():
+            raise hashing_is_busy()
         try:
             with HASH_SECONDS.time(), self.slots:
                 yield
         finally:
-            self.admission.release()
+            if here:
+                self.leave()
+
+
+# Set for a request that took its place in the hash queue before any work (a login: see
+# deps.admit_to_the_hash_queue), so it is turned away at once, not after its queries.
+admitted: ContextVar[bool] = ContextVar("admitted_to_the_hash_queue", default=False)
 
 
 @lru_cache
 def _hasher(time_cost: int, memory_cost: int, parallelism: int, concurrency: int, queue_limit: int) -> _Hasher:
     argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
-    admission = threading.BoundedSemaphore(max(concurrency, queue_limit))
-    return _Hasher(PasswordHash((argon2,)), threading.BoundedSemaphore(concurrency), admission)
+    return _Hasher(PasswordHash((argon2,)), concurrency, queue_limit)
 
 
 def _get_hasher(settings: Settings) -> _Hasher:
@@ -73,8 +105,22 @@ def _get_hasher(settings: Settings) -> _Hasher:
         settings.argon2_memory_cost,
         settings.argon2_parallelism,
         settings.hash_concurrency,
-        settings.hash_queue_limit,
+        settings.hash_queue,
     )
+
+
+@contextmanager
+def place_in_the_hash_queue(settings: Settings) -> Iterator[None]:
+    """Hold a place in the hash queue for the rest of the request, or 503 at once."""
+    hasher = _get_hasher(settings)
+    if not hasher.admit():
+        raise hashing_is_busy()
+    token = admitted.set(True)
+    try:
+        yield
+    finally:
+        admitted.reset(token)
+        hasher.leave()
 
 
 def hash_password(settings: Settings, password: str) -> str:

@@ -161,6 +161,10 @@ def signer(connection: Connection, settings: Settings) -> Signer:
     return Signer(algorithm, private, kid)
 
 
+def is_cached(kid: str) -> bool:
+    return kid in _public_keys
+
+
 def public_key(engine: Engine, kid: str) -> Key | None:
     """The public key a `kid` names, from the cache or the database; None if unknown."""
     key = _public_keys.get(kid)

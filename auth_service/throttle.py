@@ -8,7 +8,7 @@ LOGIN_LOCKOUT_MAX_SECONDS, so strangers cannot lock an account for good.
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, case, delete, literal, or_, select, text, update
+from sqlalchemy import Connection, Engine, case, delete, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from auth_service.config import Limit, Settings
@@ -32,21 +32,23 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
 
 
 def _increment(connection: Connection, key: str, now: datetime, window: timedelta) -> tuple[int, datetime]:
-    """Atomically count one hit in the key's window (a new window once the old one is over)."""
+    """Atomically count one hit in the key's window (a new window once the old one is
+    over), in one statement."""
     insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
     stamp = literal(now, UTCDateTime())
     expired = table.c.window_start <= now - window
-    statement = insert.values(key=key, window_start=now, count=1).on_conflict_do_update(
-        index_elements=[table.c.key],
-        set_={
-            "count": case((expired, 1), else_=table.c.count + 1),
-            "window_start": case((expired, stamp), else_=table.c.window_start),
-        },
+    statement = (
+        insert.values(key=key, window_start=now, count=1)
+        .on_conflict_do_update(
+            index_elements=[table.c.key],
+            set_={
+                "count": case((expired, 1), else_=table.c.count + 1),
+                "window_start": case((expired, stamp), else_=table.c.window_start),
+            },
+        )
+        .returning(table.c.count, table.c.window_start)
     )
-    connection.execute(statement)
-    count, window_start = connection.execute(
-        select(table.c.count, table.c.window_start).where(table.c.key == key)
-    ).one()
+    count, window_start = connection.execute(statement).one()
     return int(count), window_start
 
 
@@ -91,30 +93,35 @@ def _lock_seconds(settings: Settings, failures: int) -> int:
     return min(settings.login_lockout_base_seconds << min(steps, 30), settings.login_lockout_max_seconds)
 
 
-def _relaxed(connection: Connection) -> None:
-    """A lost counter after a crash is harmless: PostgreSQL need not wait for the disk."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SET LOCAL synchronous_commit TO OFF"))
+def _start_checks(connection: Connection, keys: list[str], now: datetime) -> list[int]:
+    """Count one more check in flight under each key, in one statement (a count restarts
+    after a quiet minute)."""
+    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+    expired = table.c.window_start <= now - IN_FLIGHT_WINDOW
+    statement = (
+        insert.values([{"key": _in_flight_key(key), "window_start": now, "count": 1} for key in keys])
+        .on_conflict_do_update(
+            index_elements=[table.c.key],
+            set_={"count": case((expired, 1), else_=table.c.count + 1), "window_start": literal(now, UTCDateTime())},
+        )
+        .returning(table.c.key, table.c.count)
+    )
+    counts = {key: int(count) for key, count in connection.execute(statement)}
+    return [counts[_in_flight_key(key)] for key in keys]
 
 
-def _start_check(connection: Connection, key: str, now: datetime) -> int:
-    """Count one more check in flight under `key` (the count restarts after a quiet minute)."""
-    count, _ = _increment(connection, _in_flight_key(key), now, IN_FLIGHT_WINDOW)
-    connection.execute(update(table).where(table.c.key == _in_flight_key(key)).values(window_start=now))
-    return count
-
-
-def _end_check(connection: Connection, key: str) -> None:
+def _end_checks(connection: Connection, keys: list[str]) -> None:
+    in_flight = [_in_flight_key(key) for key in keys]
     connection.execute(
-        update(table).where(table.c.key == _in_flight_key(key), table.c.count > 0).values(count=table.c.count - 1)
+        update(table).where(table.c.key.in_(in_flight), table.c.count > 0).values(count=table.c.count - 1)
     )
 
 
-def _row(connection: Connection, key: str) -> tuple[int, datetime, datetime | None] | None:
-    row = connection.execute(
-        select(table.c.count, table.c.window_start, table.c.locked_until).where(table.c.key == key)
-    ).first()
-    return (int(row[0]), row[1], row[2]) if row else None
+def _rows(connection: Connection, keys: list[str]) -> dict[str, tuple[int, datetime, datetime | None]]:
+    rows = connection.execute(
+        select(table.c.key, table.c.count, table.c.window_start, table.c.locked_until).where(table.c.key.in_(keys))
+    ).all()
+    return {row[0]: (int(row[1]), row[2], row[3]) for row in rows}
 
 
 def reserve_password_check(engine: Engine, settings: Settings, login_name: str, ip: str | None) -> None:
@@ -122,31 +129,29 @@ def reserve_password_check(engine: Engine, settings: Settings, login_name: str, 
     has used up LOGIN_IP_LIMIT, or either has too many checks in flight; such attempts are
     not counted. Else the check is counted in flight until `end_password_check`."""
     now = utcnow()
+    limit = settings.login_ip_limit if ip else None
+    keys = [account_key(login_name), *([ip_key(ip)] if ip and limit else [])]
     with engine.begin() as connection:  # raising rolls it back: a refused check counts nowhere
-        _relaxed(connection)
-        in_flight = _start_check(connection, account_key(login_name), now)
+        in_flight = _start_checks(connection, keys, now)
+        rows = _rows(connection, keys)
         failures = 0
-        found = _row(connection, account_key(login_name))
-        if found is not None:
-            count, last_failure, locked_until = found
+        if keys[0] in rows:
+            count, last_failure, locked_until = rows[keys[0]]
             if locked_until is not None and locked_until > now:
                 raise rate_limited(_seconds_until(locked_until, now), "Too many failed logins")
             if last_failure > now - timedelta(seconds=settings.login_failure_reset_seconds):
                 failures = count
         # Up to the failures left before the lock, plus HASH_CONCURRENCY (after a lock ran
         # out, just those): at most LOGIN_MAX_FAILURES + HASH_CONCURRENCY guesses in a row.
-        if in_flight > max(settings.login_max_failures - failures, 0) + settings.hash_concurrency:
+        if in_flight[0] > max(settings.login_max_failures - failures, 0) + settings.hash_concurrency:
             raise rate_limited(1, "Too many logins at once for this account")
-        limit = settings.login_ip_limit
-        if ip and limit:
-            ip_in_flight = _start_check(connection, ip_key(ip), now)
-            ip_row = _row(connection, ip_key(ip))
+        if limit:
             window = timedelta(seconds=limit.seconds)
-            ip_failures = ip_row[0] if ip_row and ip_row[1] > now - window else 0
-            if ip_failures >= limit.count:
-                assert ip_row is not None
-                raise rate_limited(_seconds_until(ip_row[1] + window, now), "Too many failed logins")
-            if ip_in_flight > limit.count - ip_failures + settings.hash_concurrency:
+            found = rows.get(keys[1])
+            ip_failures = found[0] if found and found[1] > now - window else 0
+            if found and ip_failures >= limit.count:
+                raise rate_limited(_seconds_until(found[1] + window, now), "Too many failed logins")
+            if in_flight[1] > limit.count - ip_failures + settings.hash_concurrency:
                 raise rate_limited(1, "Too many logins at once from this address")
 
 
@@ -162,10 +167,7 @@ def end_password_check(engine: Engine, settings: Settings, login_name: str, ip: 
     key = account_key(login_name)
     limit = settings.login_ip_limit if ip else None
     with engine.begin() as connection:
-        _relaxed(connection)
-        _end_check(connection, key)
-        if ip and limit:
-            _end_check(connection, ip_key(ip))
+        _end_checks(connection, [key, ip_key(ip)] if ip and limit else [key])
         if not failed:
             return
         failures, _ = _increment(connection, key, now, timedelta(seconds=settings.login_failure_reset_seconds))

@@ -39,6 +39,8 @@ def service_env(database_url: str, **settings: str) -> dict[str, str]:
         "ARGON2_MEMORY_COST": "1024",
         "ARGON2_PARALLELISM": "1",
         "OUTBOX_WORKER": "false",
+        "HASH_CONCURRENCY": "2",
+        "HASH_QUEUE_LIMIT": "64",
         **settings,
     }
 

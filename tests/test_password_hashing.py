@@ -6,7 +6,9 @@ import time
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from auth_service.config import Settings
 from auth_service.security import _get_hasher, hash_password, verify_password
@@ -43,21 +45,34 @@ def test_at_most_hash_concurrency_hashes_run_at_once(settings: Settings, monkeyp
     assert peak == 2
 
 
-def test_past_the_queue_logins_get_503_and_cheap_requests_flow(
-    client: TestClient, user: Account, settings: Settings
+def test_past_the_queue_logins_get_503_at_once_and_cheap_requests_flow(
+    client: TestClient, user: Account, settings: Settings, app: FastAPI
 ) -> None:
-    admission = _get_hasher(settings).admission
-    held = 6
-    for _ in range(held):
-        assert admission.acquire(blocking=False)
+    """The queue (HASH_QUEUE_LIMIT=6 here) held by six logins in line: the next is turned
+    away with 503 before a single query; /users/me goes on."""
+    hasher, release = _get_hasher(settings), threading.Event()
+
+    def in_line() -> None:
+        with hasher.turn():
+            release.wait(10)
+
+    threads = [threading.Thread(target=in_line) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    while hasher.in_line < 6:
+        time.sleep(0.01)
+    statements: list[str] = []
+    event.listen(app.state.engine, "before_cursor_execute", lambda _c, _cu, statement, *a: statements.append(statement))
     try:
         response = client.post("/auth/login", data={"username": user.email, "password": PASSWORD})
         assert response.status_code == 503
         assert response.json()["code"] == "SERVICE_UNAVAILABLE" and response.headers["retry-after"] == "1"
+        assert statements == []  # shed before any work
         assert client.get("/users/me", headers=user.headers).status_code == 200
     finally:
-        for _ in range(held):
-            admission.release()
+        release.set()
+        for thread in threads:
+            thread.join()
     assert client.post("/auth/login", data={"username": user.email, "password": PASSWORD}).status_code == 200
 
 

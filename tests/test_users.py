@@ -140,7 +140,9 @@ def test_an_authenticated_request_is_one_database_round_trip(client: TestClient,
         def counting_cursors(dbapi_connection: Any, *_: Any) -> None:
             dbapi_connection.cursor_factory = Counting
 
-        event.listen(engine, "checkout", counting_cursors)
+        event.listen(engine, "checkout", counting_cursors)  # the pool's connections
+        app.state.reads.close()  # and the event loop's, made anew with counting cursors
+        app.state.reads._connect_args[1]["cursor_factory"] = Counting
     for _ in range(3):  # warm: the public key cached, the statement prepared on the connections used
         assert client.get("/users/me", headers=user.headers).status_code == 200
     statements.clear()

@@ -10,7 +10,14 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from auth_service import accounts, clients, email_flows, mfa, sessions
-from auth_service.deps import DbSession, SettingsDep, UnverifiedPrincipal, UserPrincipal, limit_per_ip
+from auth_service.deps import (
+    DbSession,
+    SettingsDep,
+    UnverifiedPrincipal,
+    UserPrincipal,
+    admit_to_the_hash_queue,
+    limit_per_ip,
+)
 from auth_service.errors import AppError, ErrorCode, error_responses, not_found
 from auth_service.models import Client
 from auth_service.schemas import (
@@ -74,6 +81,7 @@ GRANT_TYPES = ("password", "refresh_token", "client_credentials", mfa.MFA_GRANT)
         },
         **error_responses(429),
     },
+    dependencies=[Depends(admit_to_the_hash_queue)],
 )
 def login(
     request: Request,
