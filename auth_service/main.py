@@ -1,6 +1,8 @@
 """The application factory: `uvicorn --factory auth_service.main:create_app`."""
 
+import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -42,6 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Threads busy with a login's queries hand the interpreter back after 2 ms, not 5: the
+        # event loop (every other request) waits that much less behind them.
+        sys.setswitchinterval(0.002)
+        # What start-up made lives as long as the process: out of the collector's way, and
+        # fewer, larger young collections, so a full collection rarely stalls a request.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 20, 20)
         # Room for HASH_QUEUE_LIMIT logins waiting on a hash, and 40 threads for the rest.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue + 40
         for warning in settings.warnings():
