@@ -713,8 +713,8 @@ def test_deleting_an_account_while_it_logs_out_never_deadlocks(
     def record(session: Any, settings: Any, type: str, **details: Any) -> None:
         if type == "auth.logout":  # its session row is locked by now
             logout_in.set()
-            delete_in.wait(2)
-            time.sleep(0.3)
+            delete_in.wait(0.5)  # the delete, waiting on our row, never gets there now
+            time.sleep(0.1)
         if type == "user.deleted":
             logout_in.wait(5)
             delete_in.set()
@@ -746,10 +746,10 @@ def test_verifying_while_an_admin_changes_the_email_never_deadlocks(
     def spend(session: Any, row: Any) -> None:
         real_spend(session, row)
         spent.set()
-        user_locked.wait(2)
+        user_locked.wait(0.5)
 
     def queue_mail(session: Any, mail: Any) -> None:  # in _apply, the account row locked
-        spent.wait(2)
+        spent.wait(0.5)
         user_locked.set()
         real_queue(session, mail)
 
