@@ -201,6 +201,15 @@ class Settings(DatabaseSettings):
         return self.hash_queue_limit
 
     @model_validator(mode="after")
+    def _check_templates(self) -> "Settings":
+        """A template override that cannot render fails here, at start-up, not in a mail."""
+        from auth_service.templating import override_problems  # jinja2 only when overriding
+
+        if self.templates_dir is not None and (problems := override_problems(self.templates_dir)):
+            raise ValueError(f"TEMPLATES_DIR has a template that cannot render: {problems[0]}")
+        return self
+
+    @model_validator(mode="after")
     def _check_proxies(self) -> "Settings":
         if self.environment == "production" and "*" in self.forwarded_allow_ips:
             raise ValueError("FORWARDED_ALLOW_IPS=* lets any client forge its address; name your proxies")

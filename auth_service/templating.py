@@ -9,7 +9,7 @@ characters, so a name cannot visually reorder the words around it (escaping cann
 from functools import lru_cache
 from pathlib import Path
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, TemplateError, meta, select_autoescape
 
 PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
 BIDI_CONTROLS = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
@@ -42,3 +42,30 @@ def template_source(templates_dir: Path | None, name: str) -> str:
     assert env.loader is not None
     source, _, _ = env.loader.get_source(env, name)
     return source
+
+
+def override_problems(templates_dir: Path) -> list[str]:
+    """What is wrong with the overrides in TEMPLATES_DIR, checked at start-up so a mail does
+    not fail at send time: each override must render with the variables its package
+    version is given (a misspelt or unknown variable, or a syntax error, is reported)."""
+    package, overridden = environment(None), environment(templates_dir)
+    problems = []
+    for path in sorted(templates_dir.rglob("*")):
+        name = path.relative_to(templates_dir).as_posix()
+        if not path.is_file() or not (PACKAGE_TEMPLATES / name).is_file():
+            continue
+        try:
+            assert package.loader is not None
+            source, _, _ = package.loader.get_source(package, name)
+            sample = dict.fromkeys(meta.find_undeclared_variables(package.parse(source)), "x")
+            package.get_template(name).render(sample)
+        except TemplateError:
+            continue  # the package's own needs richer values than a sample: nothing to compare
+        try:
+            rendered = overridden.get_template(name).render(sample)
+        except TemplateError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        if name.startswith("mail/") and name.endswith(".txt") and not rendered.startswith("Subject:"):
+            problems.append(f"{name}: a mail's text must start with a 'Subject:' line")
+    return problems

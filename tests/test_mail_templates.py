@@ -60,7 +60,10 @@ def test_every_mail_renders_hostile_data_escaped_in_html_and_verbatim_in_text(na
 def test_a_mail_template_must_start_with_a_subject(tmp_path: Path) -> None:
     (tmp_path / "mail").mkdir()
     (tmp_path / "mail" / "email_changed.txt").write_text("Hello\n")
-    settings = package_settings(templates_dir=tmp_path)
+    with pytest.raises(ValueError, match="Subject:"):  # at start-up
+        package_settings(templates_dir=tmp_path)
+    settings = package_settings()
+    settings.templates_dir = tmp_path  # and, should it get past that, at rendering
     with pytest.raises(ValueError, match="Subject:"):
         render_mail(settings, "email_changed", "ada@example.com", full_name=None, new_email="new@example.com")
 
@@ -92,3 +95,16 @@ def test_templates_dir_overrides_one_file_and_the_rest_fall_back(client: TestCli
     assert "Confirm my email address" in mail["html"]
     assert "Acme &lt;Login&gt;" in mail["html"] and "Ada &lt;Lovelace&gt;" in mail["html"]
     assert "<Login>" not in mail["html"]
+
+
+def test_an_override_that_cannot_render_stops_the_start_not_a_mail(tmp_path: Path) -> None:
+    """A misspelt variable would have failed at send time, and the signup sending it with a 500."""
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / "verify_email.txt").write_text("Subject: Hi\n\nHello {{ full_nmae }}: {{ link }}\n")
+    with pytest.raises(ValueError, match=r"mail/verify_email.txt: 'full_nmae' is undefined"):
+        package_settings(templates_dir=tmp_path)
+    (tmp_path / "mail" / "verify_email.txt").write_text("Subject: Hi\n\nHello {{ full_name }: {{ link }}\n")
+    with pytest.raises(ValueError, match=r"mail/verify_email\.txt"):
+        package_settings(templates_dir=tmp_path)  # a syntax error too
+    (tmp_path / "mail" / "verify_email.txt").write_text("Subject: Hi\n\nHello {{ full_name }}: {{ link }}\n")
+    assert package_settings(templates_dir=tmp_path).templates_dir == tmp_path
