@@ -104,7 +104,7 @@ def test_an_expired_verify_link(client: TestClient, app: FastAPI, user: Account,
         client.get("/verify-email", params={"token": token}),
         client.post("/verify-email", data={"token": token}),
     ):
-        is_page(response, 400, "This link has expired", "24 hours", "Request a new one")
+        is_page(response, 400, "This link has expired", "24 hours", "ask for a new confirmation mail")
     assert me(client, user.email)["is_verified"] is False
 
 
@@ -260,3 +260,35 @@ def test_templates_dir_restyles_the_pages_and_the_csp_follows(tmp_path: Path, da
         form = client.get("/verify-email", params={"token": verification_token(app, "ada@example.com")})
         is_page(form, 200, "Confirm my email address", f"<style>{css}</style>")  # the package's page, our style
     app.state.engine.dispose()
+
+
+# --- asking for a new link, for teams without a front end ------------------------------------
+
+
+def test_an_expired_reset_link_leads_to_a_new_one(
+    client: TestClient, app: FastAPI, settings: Settings, db: Session
+) -> None:
+    signup(client, "ada@example.com")
+    token = reset_token(client, app, settings, "ada@example.com")
+    expire_tokens(db)
+    expired = client.get("/reset-password", params={"token": token})
+    is_page(expired, 400, 'href="forgot-password"')
+    is_page(client.get("/forgot-password"), 200, "Forgot your password?", 'autocomplete="email"')
+    for address in ("Ada@Example.com", "ghost@example.com"):  # the same answer either way
+        sent = client.post("/forgot-password", data={"email": address})
+        is_page(sent, 202, "If an account uses", address.lower(), "1 hour")
+    handle_reset_request(app.state.engine, settings, {"email": "ada@example.com"})
+    [mail] = [m for m in queued_mails(app, "ada@example.com") if m["subject"] == "Reset your password"][-1:]
+    fresh = client.get("/reset-password", params={"token": mailed_token(mail)})
+    is_page(fresh, 200, "Choose a new password")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"mail_email_limit": "1/hour"}])
+def test_asking_for_a_link_is_checked_and_limited_like_the_api(client: TestClient) -> None:
+    for bad in ("", "not an address", "a@b"):
+        is_page(client.post("/forgot-password", data={"email": bad}), 422, "Enter an email address")
+    is_page(client.post("/forgot-password"), 422, "Enter an email address")
+    is_page(client.post("/forgot-password", data={"email": "ada@example.com"}), 202)
+    limited = client.post("/forgot-password", data={"email": "ada@example.com"})
+    is_page(limited, 429, "Too many requests", "ada@example.com")
+    assert "default-src 'none'" in limited.headers["content-security-policy"]

@@ -9,15 +9,16 @@ is nothing for a cross-site request to forge. Errors are pages too, never JSON.
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse
 
-from auth_service import email_flows, one_time_tokens
+from auth_service import email_flows, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.deps import DbSession, SettingsDep
 from auth_service.errors import AppError, ErrorCode
 from auth_service.pages import render_page
 from auth_service.password_policy import WeakPassword
+from auth_service.schemas import normalize_email
 
 router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
 
@@ -111,3 +112,34 @@ def reset_password_submit(
     except AppError as exc:  # spent or expired in the meantime
         return link_problem(settings, RESET, exc)
     return render_page(settings, "password_changed")
+
+
+@router.get("/forgot-password")
+def forgot_password_page(settings: SettingsDep) -> HTMLResponse:
+    """Where the expired and used reset links send people: ask for a new link by address."""
+    return render_page(settings, "forgot_password", email="", problem=None)
+
+
+@router.post("/forgot-password", status_code=202)
+def forgot_password_submit(
+    request: Request, db: DbSession, settings: SettingsDep, email: FormField = None
+) -> HTMLResponse:
+    """The same request as POST /auth/password-reset/request, with the same limits and the
+    same answer whether or not the address has an account."""
+    try:
+        address = normalize_email(email or "")
+    except ValueError:
+        problem = "Enter an email address, like name@example.com."
+        return render_page(settings, "forgot_password", 422, email=email or "", problem=problem)
+    try:
+        ip = request.client.host if request.client else "unknown"
+        throttle.enforce(request.app.state.engine, f"mail-ip:{ip}", settings.mail_ip_limit)
+        email_flows.request_password_reset(db, settings, address)
+        db.commit()
+    except AppError as exc:
+        if exc.code != ErrorCode.RATE_LIMITED:
+            raise
+        problem = f"Too many requests; try again in {exc.headers['Retry-After'] if exc.headers else 'a few'} seconds."
+        return render_page(settings, "forgot_password", 429, email=address, problem=problem)
+    lifetime = email_flows.in_words(timedelta(minutes=settings.password_reset_token_minutes))
+    return render_page(settings, "reset_requested", 202, email=address, valid_for=lifetime)
