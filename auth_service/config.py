@@ -53,6 +53,17 @@ def parse_limit(value: object) -> object:
 RateLimitSetting = Annotated[Limit | None, BeforeValidator(parse_limit)]
 
 
+def with_our_postgres_driver(url: str) -> str:
+    """Give a bare postgres:// or postgresql:// URL (what hosts hand out) the psycopg2 driver.
+
+    SQLAlchemy 2.1 maps a bare scheme to psycopg 3, which we do not install.
+    """
+    scheme, separator, rest = url.partition("://")
+    if separator and scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 class DatabaseSettings(BaseSettings):
     """Just the database, for Alembic: migrating needs no secret key."""
 
@@ -76,6 +87,7 @@ class DatabaseSettings(BaseSettings):
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         """Refuse a malformed URL here: SQLAlchemy's own error would quote it, password and all."""
+        value = with_our_postgres_driver(value)
         try:
             make_url(value).get_dialect()
         except (ArgumentError, NoSuchModuleError, ValueError):

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 
 from auth_service import signing_keys
 from auth_service.accounts import create_superuser
-from auth_service.config import Settings
+from auth_service.config import Settings, with_our_postgres_driver
 from auth_service.emails import MAIL
 from auth_service.main import create_app
 from auth_service.models import OutboxMessage, Role, metadata
@@ -52,7 +52,7 @@ def alembic_config(url: str) -> Config:
 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
-    url = os.environ["TEST_DATABASE_URL"]
+    url = with_our_postgres_driver(os.environ["TEST_DATABASE_URL"])
     engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
     try:
         with engine.connect() as connection:

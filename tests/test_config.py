@@ -205,11 +205,18 @@ def test_a_weak_key_message_says_how_to_make_one() -> None:
     assert "secrets.token_urlsafe(48)" in str(caught.value) and "'short'" not in str(caught.value)
 
 
-@pytest.mark.parametrize("url", ["postgres//auth:db-password-7890@db/auth", "postgres://auth:db-password-7890@db/auth"])
+@pytest.mark.parametrize("url", ["postgres//auth:db-password-7890@db/auth", "nosuchdb://auth:db-password-7890@db/auth"])
 def test_a_malformed_database_url_is_refused_without_quoting_it(url: str) -> None:
     with pytest.raises(ValidationError, match="DATABASE_URL") as caught:
         DatabaseSettings(_env_file=None, database_url=url)
     assert "db-password-7890" not in str(caught.value)
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg2"])
+def test_a_bare_postgres_url_gets_the_driver_we_install(scheme: str) -> None:
+    """SQLAlchemy 2.1 maps a bare scheme to psycopg 3, which is not installed."""
+    url = DatabaseSettings(_env_file=None, database_url=f"{scheme}://auth:p%40ss@db:5432/auth").database_url
+    assert url == "postgresql+psycopg2://auth:p%40ss@db:5432/auth"
 
 
 def test_database_wait_seconds() -> None:
