@@ -262,7 +262,8 @@ def introspect(request: Request, body: TokenFormDep, db: DbSession, settings: Se
 
 @router.post(
     "/revoke",
-    responses=error_responses(401, 422, 429),
+    response_class=Response,
+    responses={200: {"description": "Revoked, or nothing to revoke: an empty body."}, **error_responses(401, 422, 429)},
     dependencies=[Depends(limit_per_ip("revoke", attrgetter("introspect_ip_limit")))],
     openapi_extra=TOKEN_BODY,
 )
