@@ -7,12 +7,16 @@ so a few psycopg2 connections in its asynchronous mode (`async_=1`) answer it he
 sockets watched by the event loop. Each connection prepares the statement once.
 
 A connection that fails is closed and the read tried once more on a new one; a second
-failure, or no answer within DATABASE_READ_TIMEOUT_SECONDS, is a 503 like any database
-outage. Nothing here is shared between event loops, threads or processes.
+failure, or no answer within DATABASE_READ_TIMEOUT_SECONDS (waiting for a connection
+included), is a 503 like any database outage. libpq would look a host name up blocking
+the loop, so the name is resolved in the thread pool and libpq given the addresses.
+Nothing here is shared between event loops, threads or processes.
 """
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +67,29 @@ class _Connection:
             self.raw.close()
 
 
+def _is_a_name(host: str) -> bool:
+    """Not an address, a socket directory (`/...`) or a libpq list of hosts."""
+    if not host or host.startswith("/") or "," in host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+async def _with_addresses(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with `hostaddr` set from a lookup off the loop (libpq then does none), and
+    `host` kept for TLS verification; one entry per address, as libpq pairs them."""
+    host = str(params.get("host") or "")
+    if "hostaddr" in params or not _is_a_name(host):
+        return params
+    port = int(params.get("port") or 5432)
+    found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    return {**params, "host": ",".join([host] * len(addresses)), "hostaddr": ",".join(addresses)}
+
+
 class AsyncReads:
     """Up to `size` asynchronous connections, each doing one read at a time."""
 
@@ -75,36 +102,43 @@ class AsyncReads:
         self._size, self._timeout, self._prepared = size, timeout, prepared
         self._idle: list[_Connection] = []
         self._slots: asyncio.Semaphore | None = None  # made on the loop that uses it
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def fetch(
         self, name: str, prepare: str, execute: str, sql: str, values: dict[str, Any]
     ) -> list[tuple[Any, ...]]:
         """The rows of a read: `execute` of the prepared `prepare` (or the plain `sql` with
         prepared statements off). Tried once more, on a new connection, if it fails."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._size)
-        async with self._slots:
-            for attempt in (1, 2):
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        connection = self._idle.pop() if self._idle else await self._connect()
-                        try:
-                            rows = await self._run(connection, name, prepare, execute, sql, values)
-                        except BaseException:  # failed, or cancelled mid-query: its state is unknown
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:  # one per event loop (TestClient makes several)
+            self._slots, self._loop = asyncio.Semaphore(self._size), loop
+        try:
+            async with asyncio.timeout(self._timeout), self._slots:  # one deadline: the wait for a slot too
+                for attempt in (1, 2):
+                    connection = self._idle.pop() if self._idle and attempt == 1 else None
+                    try:
+                        connection = connection or await self._connect()
+                        rows = await self._run(connection, name, prepare, execute, sql, values)
+                    except (psycopg2.Error, OSError):  # OSError: the host name could not be looked up
+                        if connection is not None:
                             connection.close()
+                        if attempt == 2:
                             raise
-                except (psycopg2.Error, TimeoutError) as exc:
-                    if attempt == 2:
-                        logger.error("database unavailable: %s", type(exc).__name__)
-                        raise unavailable() from None
-                    continue
-                self._idle.append(connection)
-                return rows
+                        continue
+                    except BaseException:  # cancelled mid-query: its state is unknown
+                        if connection is not None:
+                            connection.close()
+                        raise
+                    self._idle.append(connection)
+                    return rows
+        except (psycopg2.Error, OSError) as exc:  # TimeoutError is an OSError
+            logger.error("database unavailable: %s", type(exc).__name__)
+            raise unavailable() from None
         raise AssertionError("unreachable")
 
     async def _connect(self) -> _Connection:
         cargs, cparams = self._connect_args
-        connection = _Connection(psycopg2.connect(*cargs, **cparams))
+        connection = _Connection(psycopg2.connect(*cargs, **await _with_addresses(cparams)))
         try:
             await connection.ready(asyncio.get_running_loop())
         except BaseException:

@@ -66,7 +66,7 @@ def authenticate(session: Session, client_id: str, secret: str) -> Client | None
 def issue_token(session: Session, settings: Settings, client: Client, scope: str | None) -> Token:
     """An access token for the client (no refresh token: it can always authenticate again).
     `scope` narrows it to some of the client's permissions (RFC 6749 §4.4.2)."""
-    signer = signing_keys.signer(session.connection(), settings)
+    signer = signing_keys.signer(session, settings)
     granted = sorted(client.permissions)
     if scope:
         asked = sorted(set(scope.split()))

@@ -15,13 +15,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_SECONDS = 5
 
 
-# An execution option of ours: whether the principal query may be a prepared statement.
-PREPARED_STATEMENTS = "auth_service_prepared_statements"
-
-
-def make_engine(
-    database_url: str, pool_size: int = 10, max_overflow: int = 20, *, prepared_statements: bool = True
-) -> Engine:
+def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
     """PostgreSQL as is; SQLite tuned so concurrent requests wait instead of failing.
 
     WAL lets readers run beside the one writer, and the busy timeout makes a second writer
@@ -42,8 +36,7 @@ def make_engine(
             pool_size=pool_size,
             max_overflow=max_overflow,
             connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
-            execution_options={PREPARED_STATEMENTS: prepared_statements},
-            pool_use_lifo=True,  # the fewest connections busy: idle ones age out, prepared ones stay warm
+            pool_use_lifo=True,  # the fewest connections busy: idle ones age out
         )
     in_memory = make_url(database_url).database in (None, "", ":memory:")
     engine = create_engine(
@@ -83,7 +76,12 @@ def new_session(engine: Engine) -> Session:
 
 def release_connection(session: Session) -> None:
     """End the session's transaction so its pooled connection goes back before slow work
-    (an Argon2id hash): requests waiting for a hash must not hold connections or locks."""
+    (an Argon2id hash) or a side transaction (the throttle's, a key lookup): requests
+    waiting for a hash must not hold connections or locks, and a request must never wait
+    for a second connection while it holds one (the pool has no overflow: a few such
+    requests at once would each hold one and wait for ever). Only between reads."""
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("release_connection with changes pending: it would commit half of them")
     session.commit()
 
 

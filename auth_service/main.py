@@ -5,6 +5,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -32,26 +33,28 @@ username, then try `GET /users/me`. Errors have one shape: `{"detail": ..., "cod
 """
 
 
+@cache
+def settle_the_collector() -> None:
+    """What the first start-up made (modules, the app) lives as long as the process: out of
+    the collector's way, and fewer, larger young collections, so a full collection rarely
+    stalls a request. Once per process: freezing again would keep every later app (tests
+    make hundreds) for ever, and unfreezing would put it all back in every collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings(Settings)  # a bad setting exits with one line, no traceback
     configure_logging(settings)
-    engine = make_engine(
-        settings.database_url,
-        settings.database_pool_size,
-        settings.database_max_overflow,
-        prepared_statements=settings.database_prepared_statements,
-    )
+    engine = make_engine(settings.database_url, settings.database_pool_size, settings.database_max_overflow)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Threads busy with a login's queries hand the interpreter back after 2 ms, not 5: the
         # event loop (every other request) waits that much less behind them.
         sys.setswitchinterval(0.002)
-        # What start-up made lives as long as the process: out of the collector's way, and
-        # fewer, larger young collections, so a full collection rarely stalls a request.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(10_000, 20, 20)
+        settle_the_collector()
         # Room for HASH_QUEUE_LIMIT logins waiting on a hash, and 40 threads for the rest.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.hash_queue + 40
         for warning in settings.warnings():

@@ -97,33 +97,43 @@ class SecondFactor:
     recovery_code_id: uuid.UUID | None = None
 
 
-def _check_code(session: Session, settings: Settings, user: User, code: str) -> SecondFactor | None:
-    code = code.strip()
+def _unspent_recovery_code(session: Session, settings: Settings, user: User, code: str) -> uuid.UUID | None:
     if TOTP_CODE.match(code):
-        if user.totp_secret is None:
-            return None
-        step = matching_step(_totp(settings, user.totp_secret), code, utcnow())
-        return SecondFactor(step=step) if step is not None else None
-    found = session.exec(
+        return None
+    found: uuid.UUID | None = session.exec(
         select(RecoveryCode.id).where(
             col(RecoveryCode.user_id) == user.id,
             col(RecoveryCode.code_hash) == _recovery_digest(settings, user.id, code),
             col(RecoveryCode.used_at).is_(None),
         )
     ).first()
-    return SecondFactor(recovery_code_id=found) if found is not None else None
+    return found
+
+
+def _check_code(settings: Settings, user: User, code: str, recovery_code_id: uuid.UUID | None) -> SecondFactor | None:
+    if TOTP_CODE.match(code):
+        if user.totp_secret is None:
+            return None
+        step = matching_step(_totp(settings, user.totp_secret), code, utcnow())
+        return SecondFactor(step=step) if step is not None else None
+    return SecondFactor(recovery_code_id=recovery_code_id) if recovery_code_id is not None else None
 
 
 def verify_code(session: Session, settings: Settings, user: User, code: str) -> SecondFactor:
     """A TOTP or recovery code of the user's, checked and throttled like a password: a wrong
-    one counts toward the login lock and is audited (`auth.login_failed`, reason `otp`)."""
+    one counts toward the login lock and is audited (`auth.login_failed`, reason `otp`).
+    The database is read first: between the throttle's start and end (transactions of
+    their own) the request holds no connection."""
+    code = code.strip()
+    recovery_code_id = _unspent_recovery_code(session, settings, user, code)
+    release_connection(session)
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     ip = client_ip()
     throttle.reserve_password_check(engine, settings, user.email, ip)
     factor = None
     try:
-        factor = _check_code(session, settings, user, code)
+        factor = _check_code(settings, user, code, recovery_code_id)
     finally:
         throttle.end_password_check(engine, settings, user.email, ip, failed=factor is None)
     if factor is None:

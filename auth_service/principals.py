@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 
 from auth_service.async_reads import AsyncReads
 from auth_service.config import Settings
-from auth_service.db import PREPARED_STATEMENTS
 from auth_service.errors import BEARER, BEARER_INVALID, AppError, ErrorCode
 from auth_service.models import Client, Role, SigningKey, User, UserRole, UserSession, UTCDateTime, utcnow
 from auth_service.permissions import BUILTIN_PERMISSIONS
@@ -117,9 +116,11 @@ USER_QUERIES = {with_kid: _user_query(with_kid) for with_kid in (True, False)}
 
 @dataclass(frozen=True)
 class Prepared:
-    """One of USER_QUERIES for the driver itself: as a prepared statement (PostgreSQL then
-    plans the join once per connection, not on every request: most of its cost), or
-    plain (DATABASE_PREPARED_STATEMENTS off). Both take the parameters by name."""
+    """One of USER_QUERIES for the driver itself. The non-blocking read of every request runs
+    it as a prepared statement (PostgreSQL then plans the join once per connection, not on
+    every request: most of its cost), unless DATABASE_PREPARED_STATEMENTS is off. The
+    blocking path (login, refresh, introspection: a hash or a write beside it) runs `sql`
+    plain, so a migration that changes a column type cannot break its pooled connections."""
 
     name: str
     prepare: str
@@ -153,13 +154,7 @@ def _user_rows(connection: Connection, params: dict[str, Any], with_kid: bool) -
     if connection.dialect.name != "postgresql":
         return [tuple(row) for row in connection.execute(USER_QUERIES[with_kid], params)]
     statement, values = PREPARED[with_kid], _driver_values(params)
-    if not connection.get_execution_options().get(PREPARED_STATEMENTS):
-        return [_as_python(tuple(row)) for row in connection.exec_driver_sql(statement.sql, values)]
-    prepared = connection.connection.info  # lives as long as its DBAPI connection does
-    if not prepared.get(statement.name):
-        connection.exec_driver_sql(statement.prepare)
-        prepared[statement.name] = True
-    return [_as_python(tuple(row)) for row in connection.exec_driver_sql(statement.execute, values)]
+    return [_as_python(tuple(row)) for row in connection.exec_driver_sql(statement.sql, values)]
 
 
 def _as_python(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -191,8 +186,7 @@ def _principal(rows: list[tuple[Any, ...]], session_id: uuid.UUID) -> Principal 
 def load_user(
     connection: Connection, user_id: uuid.UUID, session_id: uuid.UUID, kid: str | None = None
 ) -> Principal | None:
-    """The user with their roles, if the session is live; None otherwise. One round trip:
-    on PostgreSQL a prepared statement, unless DATABASE_PREPARED_STATEMENTS is off."""
+    """The user with their roles, if the session is live; None otherwise. One round trip."""
     params = _user_params(user_id, session_id, kid)
     return _principal(_user_rows(connection, params, kid is not None), session_id)
 

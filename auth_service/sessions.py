@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from auth_service import audit, principals, signing_keys
 from auth_service.config import Settings
 from auth_service.credentials import PasswordCheck, commit_if_current
+from auth_service.db import release_connection
 from auth_service.errors import BEARER_INVALID, AppError, ErrorCode, email_not_verified
 from auth_service.metrics import LOGINS
 from auth_service.models import RefreshToken, User, UserSession, utcnow
@@ -85,7 +86,7 @@ def start_session(
     second factor). The token says what the account may do as of this transaction, not
     as of before the hash; `amr` how the user proved who they are (RFC 8176).
     """
-    signer = signing_keys.signer(session.connection(), settings)
+    signer = signing_keys.signer(session, settings)
     now = utcnow()
     values: dict[str, Any] = {"last_login_at": now}
     if check.new_hash:
@@ -142,7 +143,7 @@ def rotate_refresh_token(session: Session, settings: Settings, refresh_token: st
         raise _refresh_rejected("The session has reached its maximum age; log in again.", ErrorCode.TOKEN_EXPIRED)
     if user_session.expires_at <= now:
         raise _refresh_rejected("Refresh token has expired.", ErrorCode.TOKEN_EXPIRED)
-    signer = signing_keys.signer(session.connection(), settings)
+    signer = signing_keys.signer(session, settings)
     # Claim the token atomically: of two concurrent uses exactly one updates the row.
     claimed = session.exec(
         update(RefreshToken)
@@ -280,6 +281,7 @@ def prune_sessions(session: Session, retention_days: int) -> int:
 
 def introspect(session: Session, settings: Settings, token: str) -> IntrospectResponse:
     """RFC 7662 for our access tokens: live only while the token and what it names are."""
+    release_connection(session)  # an unknown kid is looked up on a connection of its own
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     try:
@@ -325,6 +327,7 @@ def revoke_token(session: Session, settings: Settings, token: str) -> None:
     if found is not None:
         session_id = found
     else:
+        release_connection(session)  # an unknown kid is looked up on a connection of its own
         engine = session.get_bind()
         assert isinstance(engine, Engine)
         try:

@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk
 from jose.backends.base import Key
-from sqlalchemy import Connection, Engine, delete, or_
+from sqlalchemy import Engine, delete, or_
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from auth_service import audit
 from auth_service.config import Settings
-from auth_service.db import new_session
+from auth_service.db import new_session, release_connection
 from auth_service.models import SigningKey, utcnow
 from auth_service.security import ASYMMETRIC, Signer, seal, unseal
 
@@ -141,17 +141,20 @@ def _can_unseal(settings: Settings, key: SigningKey) -> bool:
         return False
 
 
-def signer(connection: Connection, settings: Settings) -> Signer:
+def signer(session: Session, settings: Settings) -> Signer:
     """What signs new tokens: the current key (one indexed read; the key object is cached),
-    or SECRET_KEY with HS*. Call it before the transaction writes anything (making a
-    missing key takes a connection of its own)."""
+    or SECRET_KEY with HS*. Call it before the transaction writes anything: a missing key
+    is made in a transaction of its own, after this one hands its connection back."""
     if settings.jwt_algorithm not in ASYMMETRIC:
         return Signer(settings.jwt_algorithm, settings.secret)
     current = select(table.c.kid, table.c.algorithm, table.c.private_key).where(table.c.current.is_(True))
-    row = connection.execute(current).first()
+    row = session.connection().execute(current).first()
     if row is None:  # the database was down at start-up
-        ensure_current(connection.engine, settings)
-        row = connection.execute(current).one()
+        release_connection(session)
+        engine = session.get_bind()
+        assert isinstance(engine, Engine)
+        ensure_current(engine, settings)
+        row = session.connection().execute(current).one()
     kid, algorithm, sealed = row
     private = _private_keys.get(kid)
     if private is None:

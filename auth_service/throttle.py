@@ -111,10 +111,10 @@ def _start_checks(connection: Connection, keys: list[str], now: datetime) -> lis
 
 
 def _end_checks(connection: Connection, keys: list[str]) -> None:
-    in_flight = [_in_flight_key(key) for key in keys]
-    connection.execute(
-        update(table).where(table.c.key.in_(in_flight), table.c.count > 0).values(count=table.c.count - 1)
-    )
+    for key in keys:  # one row at a time, in _start_checks' order: a scan's order is the plan's
+        connection.execute(
+            update(table).where(table.c.key == _in_flight_key(key), table.c.count > 0).values(count=table.c.count - 1)
+        )
 
 
 def _rows(connection: Connection, keys: list[str]) -> dict[str, tuple[int, datetime, datetime | None]]:

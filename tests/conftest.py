@@ -28,11 +28,20 @@ from sqlmodel import Session, col, select
 from auth_service import signing_keys
 from auth_service.accounts import create_superuser
 from auth_service.config import Settings, with_our_postgres_driver
+from auth_service.db import new_session
 from auth_service.emails import MAIL
 from auth_service.main import create_app
 from auth_service.models import OutboxMessage, Role, metadata
 from auth_service.permissions import BUILTIN_PERMISSIONS
-from tests.support import TEST_SECRET, Workers, free_port, fresh_postgres_database, service_env, wait_until_healthy
+from tests.support import (
+    TEST_SECRET,
+    Workers,
+    free_port,
+    fresh_postgres_database,
+    service_env,
+    wait_until_healthy,
+    watch_for_second_connections,
+)
 
 __all__ = ["TEST_SECRET", "free_port", "service_env", "wait_until_healthy"]
 
@@ -120,8 +129,10 @@ def settings(database_url: str, settings_overrides: dict[str, Any]) -> Settings:
 def app(settings: Settings) -> Iterator[FastAPI]:
     app = create_app(settings)
     clear_database(app.state.engine)
+    second_connections = watch_for_second_connections(app)
     yield app
     app.state.engine.dispose()
+    assert second_connections.found == [], "a request waited for a second pooled connection while holding one"
 
 
 @pytest.fixture
@@ -199,8 +210,8 @@ def service(client: TestClient, admin: Account, permissions: list[str] | None = 
 
 def sign_as_the_service(app: FastAPI, claims: dict[str, Any]) -> str:
     """A JWT over any claims, signed with the service's current key: a forger's best case."""
-    with app.state.engine.connect() as connection:
-        signer = signing_keys.signer(connection, app.state.settings)
+    with new_session(app.state.engine) as session:
+        signer = signing_keys.signer(session, app.state.settings)
     token: str = jwt.encode(
         claims, signer.key, algorithm=signer.algorithm, headers={"kid": signer.kid} if signer.kid else None
     )

@@ -6,14 +6,20 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
+from fastapi import FastAPI
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
@@ -141,3 +147,58 @@ def tcp_proxy(port: int, target: tuple[str, int]) -> Iterator[None]:
                 end.shutdown(socket.SHUT_RDWR)
             with suppress(OSError):
                 end.close()
+
+
+@dataclass
+class _Held:
+    count: int = 0
+
+
+_request_connections: ContextVar[_Held | None] = ContextVar("request_connections", default=None)
+
+
+@dataclass
+class SecondConnections:
+    """Where a request took a second pooled connection while it held one. The pool has no
+    overflow, so a few such requests at once each hold one and wait for ever: a deadlock
+    anybody can cause by sending them together."""
+
+    found: list[str] = field(default_factory=list)
+
+
+class _CountPerRequest:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = _request_connections.set(_Held())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _request_connections.reset(token)
+
+
+def watch_for_second_connections(app: FastAPI) -> SecondConnections:
+    """Count each request's pooled connections (before the app starts)."""
+    seen = SecondConnections()
+    app.add_middleware(_CountPerRequest)
+
+    @event.listens_for(app.state.engine, "checkout")
+    def checkout(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        held = _request_connections.get()
+        if held is None:  # start-up, the outbox sender, a test's own query
+            return
+        record.info["held_by"] = held
+        held.count += 1
+        if held.count > 1:
+            ours = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack()
+                    if f"{os.sep}auth_service{os.sep}" in f.filename]  # fmt: skip
+            seen.found.append(" <- ".join(reversed(ours)))
+
+    @event.listens_for(app.state.engine, "checkin")
+    def checkin(_dbapi: Any, record: Any) -> None:
+        held = record.info.pop("held_by", None)
+        if held is not None:
+            held.count -= 1
+
+    return seen

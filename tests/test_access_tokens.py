@@ -15,6 +15,7 @@ from jose import jwk, jwt
 
 from auth_service import signing_keys
 from auth_service.config import Settings
+from auth_service.db import new_session
 from auth_service.security import Signer, unseal
 from tests.conftest import Account
 
@@ -27,8 +28,8 @@ def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture
 def forge(client: TestClient, app: FastAPI, settings: Settings) -> Any:
     """Sign any claims exactly as the service does (with its own key): a forger's best case."""
-    with app.state.engine.connect() as connection:
-        signer = signing_keys.signer(connection, settings)
+    with new_session(app.state.engine) as session:
+        signer = signing_keys.signer(session, settings)
 
     def sign(claims: dict[str, Any], key: Any = None, algorithm: str | None = None, kid: Any = ...) -> str:
         headers = {"kid": signer.kid if kid is ... else kid} if (signer.kid or kid is not ...) else None
