@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from alembic import command
@@ -175,6 +176,14 @@ def login(client: TestClient, email: str, password: str = PASSWORD) -> dict[str,
     response = client.post("/auth/login", data={"username": email, "password": password})
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
+    return body
+
+
+def error(response: httpx.Response, status: int, code: str, case: object = None) -> dict[str, Any]:
+    """The one error shape: exactly `detail` and `code` (`case` names the input in a failure)."""
+    assert response.status_code == status, (case, response.text)
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"detail", "code"} and body["code"] == code, (case, body)
     return body
 
 

@@ -6,7 +6,7 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
-from tests.conftest import PASSWORD, Account, login, register, signup
+from tests.conftest import PASSWORD, Account, error, login, register, signup
 
 PUBLIC_FIELDS = {
     "id", "email", "full_name", "is_active", "is_verified", "is_superuser", "mfa_enabled", "roles", "created_at",
@@ -14,15 +14,6 @@ PUBLIC_FIELDS = {
 }  # fmt: skip
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 FRESH_PASSWORD = "a long fresh password"
-
-
-def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The one error shape: exactly `detail` and `code`."""
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"detail", "code"}, body
-    assert body["code"] == code, body
-    return body
 
 
 def get_user(client: TestClient, admin: Account, user_id: str) -> dict[str, Any]:

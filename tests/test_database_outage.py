@@ -35,6 +35,20 @@ def through_a_proxy(database_url: str, client: TestClient) -> Iterator[tuple[str
     yield proxied, port, (url.host or "127.0.0.1", url.port or 5432)
 
 
+def kill_every_other_connection(database_url: str) -> int:
+    """What a failover or an idle timeout does to every connection the service holds."""
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        killed = connection.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    admin.dispose()
+    return int(killed or 0)
+
+
 def answers(http: TestClient, headers: dict[str, str], times: int) -> list[int]:
     return [http.get("/users/me", headers=headers).status_code for _ in range(times)]
 
@@ -72,33 +86,11 @@ def test_connections_killed_by_the_server_are_replaced_at_once(database_url: str
     tokens = http.post("/auth/login", data={"username": "ada@example.com", "password": PASSWORD}).json()
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
     assert answers(http, headers, 3) == [200, 200, 200]
-    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        killed = connection.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        ).scalar()
-    admin.dispose()
-    assert killed and killed >= 1
+    assert kill_every_other_connection(database_url) >= 1
     assert answers(http, headers, 3) == [200, 200, 200]
     after = [http.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code]
     assert after[0] in (200, 503)  # a write on a dead connection may fail once; never a 500
     assert answers(http, headers, 2) == [200, 200]
-
-
-def kill_every_other_connection(database_url: str) -> int:
-    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        killed = connection.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        ).scalar()
-    admin.dispose()
-    return int(killed or 0)
 
 
 def test_a_read_retried_after_a_killed_connection_opens_a_new_one(database_url: str, app: FastAPI) -> None:

@@ -13,16 +13,10 @@ from auth_service.config import Settings
 from auth_service.main import create_app
 from auth_service.models import User
 from tests.conftest import PASSWORD, Account
+from tests.conftest import error as assert_error
 
 JSON = {"Content-Type": "application/json"}
 MAX_BODY_BYTES = 65536  # the default of MAX_BODY_BYTES
-
-
-def assert_error(response: httpx.Response, status: int, code: str, case: object = None) -> dict[str, Any]:
-    assert response.status_code == status, (case, response.text)
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"detail", "code"} and body["code"] == code, (case, body)
-    return body
 
 
 def assert_validation_list(response: httpx.Response, case: object = None) -> None:

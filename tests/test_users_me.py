@@ -11,7 +11,7 @@ from jose import jwt
 from sqlmodel import Session
 
 from auth_service.models import User
-from tests.conftest import PASSWORD, Account, login, register, sign_as_the_service, signup
+from tests.conftest import PASSWORD, Account, error, login, register, sign_as_the_service, signup
 from tests.support import TEST_SECRET
 
 PUBLIC_FIELDS = {
@@ -20,15 +20,6 @@ PUBLIC_FIELDS = {
 }  # fmt: skip
 NEW_PASSWORD = "a brand new passphrase"
 ALG_NONE_HEADER = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"  # {"alg":"none","typ":"JWT"}
-
-
-def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The one error shape: exactly `detail` and `code`."""
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"detail", "code"}, body
-    assert body["code"] == code, body
-    return body
 
 
 def me(client: TestClient, account: Account) -> dict[str, Any]:
