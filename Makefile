@@ -33,7 +33,7 @@ run: migrate
 
 ## test: the suite on SQLite, and on PostgreSQL too when TEST_DATABASE_URL is set
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 ## lint: ruff (lint and format) and mypy
 lint: $(VENV)/.dev

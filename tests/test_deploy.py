@@ -28,6 +28,9 @@ from auth_service.models import metadata
 from tests.conftest import BACKENDS, ROOT, TEST_SECRET, alembic_config
 from tests.support import free_port, fresh_postgres_database, tcp_proxy, wait_until_healthy
 
+# One xdist worker runs this module: its fixture starts eight processes, once.
+pytestmark = pytest.mark.xdist_group("deploy")
+
 Result = subprocess.CompletedProcess[str]
 
 GOOD_KEY = "a-good-production-key-0123456789-abcdefghij"
