@@ -128,6 +128,10 @@ def main() -> int:
         page.goto(reset_link)
         expect(page, "Choose a new password")
         page.keyboard.press("Tab")  # the first thing a keyboard reaches: the password field, focus ring visible
+        if page.locator('input[name="username"]').is_visible():  # only for password managers
+            raise SystemExit("the hidden username field of the reset form is visible")
+        if page.evaluate("document.activeElement.id") != "new-password":
+            raise SystemExit("Tab does not reach the new-password field first")
         shot(page, args.shots, "03-reset-form")
         page.get_by_label("New password", exact=True).fill(WEAK)
         page.get_by_label("New password, again").fill(WEAK)
