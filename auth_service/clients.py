@@ -41,9 +41,15 @@ def invalid_client(basic: bool = True) -> AppError:
     )
 
 
+def sends_basic(authorization: str | None) -> bool:
+    """Whether the header is HTTP Basic at all, well-formed or not."""
+    return authorization is not None and authorization.split(" ", 1)[0].lower() == "basic"
+
+
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
-    """`Authorization: Basic base64(id:secret)`, each part form-encoded (RFC 6749 §2.3.1)."""
-    if not authorization or authorization[:6].lower() != "basic ":
+    """`Authorization: Basic base64(id:secret)`, each part form-encoded (RFC 6749 §2.3.1);
+    None when the header is not Basic or not well-formed."""
+    if authorization is None or not sends_basic(authorization):
         return None
     try:
         decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
@@ -145,6 +151,8 @@ def update_client(
     for field in ("name", "is_active"):
         if field in changes:
             setattr(client, field, changes[field])
+    if changes.get("is_active") is False:
+        client.token_generation = uuid.uuid4()  # ended for good: reactivating revives no token
     client.updated_at = utcnow()
     session.add(client)
     details = {"client_id": client.client_id, "fields": sorted(changes), "permissions": client.permissions}

@@ -188,8 +188,10 @@ SUCCESSOR_PURPOSE = "refresh-successor"
 
 
 def _successor_within_grace(session: Session, settings: Settings, token_id: uuid.UUID, now: datetime) -> Token | None:
-    """The pair a refresh token was just rotated into, if that was within the grace interval
-    and the session still stands; None otherwise (and always with the default grace of 0)."""
+    """The pair a refresh token was just rotated into, if that was within the grace interval,
+    the session still stands and that pair's refresh token is still unused; None otherwise
+    (and always with the default grace of 0). A token rotated twice is plain reuse: it must
+    not walk the chain to the live pair."""
     if not settings.refresh_reuse_grace_seconds:
         return None
     row = session.exec(
@@ -201,7 +203,12 @@ def _successor_within_grace(session: Session, settings: Settings, token_id: uuid
         return None
     if now - row[0] > timedelta(seconds=settings.refresh_reuse_grace_seconds):
         return None
-    return Token.model_validate_json(unseal(settings, SUCCESSOR_PURPOSE, row[1]))
+    successor = Token.model_validate_json(unseal(settings, SUCCESSOR_PURPOSE, row[1]))
+    digest = token_digest(successor.refresh_token or "")
+    still_unused = session.exec(
+        select(RefreshToken.id).where(col(RefreshToken.token_hash) == digest, col(RefreshToken.used_at).is_(None))
+    ).first()
+    return successor if still_unused is not None else None
 
 
 def revoke_session(session: Session, session_id: uuid.UUID, *, reason: str) -> bool:

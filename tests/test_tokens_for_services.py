@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 from auth_service import signing_keys
 from auth_service.config import Settings
 from auth_service.main import create_app
+from auth_service.mfa import MFA_GRANT
 from auth_service.models import AuditEvent, Client, RefreshToken, SigningKey, UserSession, utcnow
 from tests.conftest import (
     PASSWORD,
@@ -82,7 +83,7 @@ def test_metadata_describes_the_service(client: TestClient, settings: Settings) 
     assert body["introspection_endpoint"] == f"{base}/auth/introspect"
     assert body["revocation_endpoint"] == f"{base}/auth/revoke"
     assert body["jwks_uri"] == f"{base}/.well-known/jwks.json"
-    assert {"password", "refresh_token", "client_credentials"} <= set(body["grant_types_supported"])
+    assert set(body["grant_types_supported"]) == {"password", "refresh_token", "client_credentials", MFA_GRANT}
     assert "client_secret_basic" in body["token_endpoint_auth_methods_supported"]
     assert "none" not in body["introspection_endpoint_auth_methods_supported"]
 
@@ -235,6 +236,7 @@ def test_deactivating_rotating_or_deleting_a_client_cuts_its_tokens_at_once(clie
     assert client.get("/users", headers=headers).status_code == 401
     assert client_token(client, (client_id, secret)).status_code == 401
     assert client.patch(f"/clients/{client_id}", json={"is_active": True}, headers=admin.headers).status_code == 200
+    assert client.get("/users", headers=headers).status_code == 401  # reactivation revives no old token
 
     headers = fresh_token((client_id, secret))
     rotated = client.post(f"/clients/{client_id}/secret", headers=admin.headers)
@@ -337,6 +339,10 @@ def test_revocation_of_anything_else_is_a_quiet_200(client: TestClient, user: Ac
     assert client.post("/auth/revoke", json={"token": "garbage"}).status_code == 200
     wrong_client = client.post("/auth/revoke", data={"token": user.refresh_token}, auth=("svc_nobody", "x"))
     assert wrong_client.status_code == 401
+    for junk in ("Basic", "Basic !!!", "basic " + base64.b64encode(b"no-colon").decode()):  # broken, not absent
+        broken = client.post("/auth/revoke", data={"token": user.refresh_token}, headers={"Authorization": junk})
+        assert broken.status_code == 401 and broken.json()["error"] == "invalid_client"
+    assert client.post("/auth/revoke", data={"token": "x"}, headers={"Authorization": "Bearer x"}).status_code == 200
     assert client.get("/users/me", headers=user.headers).status_code == 200  # nothing was revoked
 
 
@@ -364,6 +370,19 @@ def test_within_the_grace_interval_the_same_pair_comes_back(client: TestClient, 
     assert all(s.revoked_reason == "refresh_reused" for s in db.exec(select(UserSession)).all())
     sealed = db.exec(select(RefreshToken.successor).where(col(RefreshToken.successor).is_not(None))).all()
     assert sealed and all(first.json()["refresh_token"] not in s for s in sealed if s)  # kept sealed, not in clear
+
+
+@pytest.mark.parametrize("settings_overrides", [{"refresh_reuse_grace_seconds": 10}])
+def test_the_grace_covers_only_the_token_just_rotated(client: TestClient, user: Account) -> None:
+    """A token rotated twice is reuse, even within the interval: it must not walk the chain
+    to the live pair."""
+    first = client.post("/auth/refresh", json={"refresh_token": user.refresh_token}).json()
+    second = client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert second.status_code == 200
+    reused = client.post("/auth/refresh", json={"refresh_token": user.refresh_token})
+    assert reused.status_code == 401
+    assert client.get("/users/me", headers=bearer(second.json()["access_token"])).status_code == 401  # ended
+    assert client.post("/auth/refresh", json={"refresh_token": second.json()["refresh_token"]}).status_code == 401
 
 
 # --- a downstream service, as the README shows it ------------------------------------------------

@@ -165,8 +165,12 @@ def _authenticated_client(
     request: Request, db: Session, client_id: str | None, client_secret: str | None, *, required: bool
 ) -> Client | None:
     """The service client of HTTP Basic or form credentials (RFC 6749 §2.3.1). Credentials
-    that do not check out are always refused (invalid_client); none at all only if `required`."""
-    basic = clients.basic_credentials(request.headers.get("authorization"))
+    that do not check out, a malformed Basic header among them, are always refused
+    (invalid_client); none at all only if `required`."""
+    authorization = request.headers.get("authorization")
+    basic = clients.basic_credentials(authorization)
+    if basic is None and clients.sends_basic(authorization):
+        raise clients.invalid_client()
     credentials = basic or ((client_id, client_secret or "") if client_id else None)
     if credentials is None:
         if required:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from auth_service import signing_keys
+from auth_service.routers.auth import GRANT_TYPES
 
 router = APIRouter(prefix="/.well-known", tags=["discovery"])
 
@@ -33,7 +34,7 @@ def metadata(request: Request) -> JSONResponse:
         "issuer": settings.jwt_issuer,
         "token_endpoint": f"{base}/auth/login",
         "token_endpoint_auth_methods_supported": [*client_auth, "none"],
-        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
+        "grant_types_supported": list(GRANT_TYPES),
         "response_types_supported": [],
         "introspection_endpoint": f"{base}/auth/introspect",
         "introspection_endpoint_auth_methods_supported": client_auth
