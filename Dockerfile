@@ -40,4 +40,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
 # PID 1 and ignores SIGTERM: run with --init (the compose file does) to stop at once then.
 # FORWARDED_ALLOW_IPS (the app's setting) decides which proxies to trust, not uvicorn; the
 # app logs each request itself.
-CMD ["sh", "-c", "python -m auth_service migrate && exec uvicorn --factory auth_service.main:create_app --host 0.0.0.0 --port 8000 --no-proxy-headers --no-access-log --workers ${WEB_CONCURRENCY:-1}"]
+CMD ["sh", "-c", "python -m auth_service migrate && exec uvicorn --factory auth_service.main:create_app --host 0.0.0.0 --port 8000 --no-proxy-headers --no-access-log --http h11 --workers ${WEB_CONCURRENCY:-1}"]

@@ -29,7 +29,7 @@ migrate: $(VENV)/.runtime
 
 ## run: install, migrate, and serve on http://$(HOST):$(PORT) (Swagger at /docs)
 run: migrate
-	$(BIN)/uvicorn --factory auth_service.main:create_app --host $(HOST) --port $(PORT) --no-proxy-headers --no-access-log
+	$(BIN)/uvicorn --factory auth_service.main:create_app --host $(HOST) --port $(PORT) --no-proxy-headers --no-access-log --http h11
 
 ## test: the suite on SQLite, and on PostgreSQL too when TEST_DATABASE_URL is set
 test: $(VENV)/.dev

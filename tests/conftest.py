@@ -251,8 +251,9 @@ def live_server(app: FastAPI) -> Iterator[LiveServer]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    # As the Makefile runs it: the app, not uvicorn, decides which proxies to trust.
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False, access_log=False)
+    # As the Makefile runs it: the app, not uvicorn, decides which proxies to trust; h11
+    # passes any method on to the app.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", proxy_headers=False, access_log=False, http="h11")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
