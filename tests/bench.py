@@ -112,7 +112,7 @@ def uvicorn_options(command: str) -> tuple[str, ...]:
 
 
 # The one list every server of the bench runs with (service, R1, R2): change the production
-# command (e.g. to add `--loop uvloop --http httptools`) and the references follow.
+# command (e.g. to change `--http` or `--loop`) and the references follow.
 UVICORN_OPTIONS: tuple[str, ...] = production_uvicorn_options()
 
 
