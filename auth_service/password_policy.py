@@ -31,6 +31,8 @@ def password_problems(settings: Settings, password: str, email: str | None = Non
         problems.append(f"Password must be at least {settings.password_min_length} characters long.")
     if len(password) > MAX_PASSWORD_LENGTH:
         problems.append(f"Password must be at most {MAX_PASSWORD_LENGTH} characters long.")
+    if "\ufffd" in password:  # bytes that were not UTF-8 (a form decodes them so): not what was typed
+        problems.append("Password could not be read; type it again.")
     lowered = password.lower()
     if lowered in common_passwords():
         problems.append("Password is too common.")

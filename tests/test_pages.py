@@ -291,4 +291,27 @@ def test_asking_for_a_link_is_checked_and_limited_like_the_api(client: TestClien
     is_page(client.post("/forgot-password", data={"email": "ada@example.com"}), 202)
     limited = client.post("/forgot-password", data={"email": "ada@example.com"})
     is_page(limited, 429, "Too many requests", "ada@example.com")
+    assert int(limited.headers["retry-after"]) > 0  # as the API's 429 says it
     assert "default-src 'none'" in limited.headers["content-security-policy"]
+
+
+def test_link_checkers_may_send_head_and_spend_nothing(client: TestClient, app: FastAPI, user: Account) -> None:
+    token = verification_token(app, user.email)
+    for path in ("/verify-email", "/reset-password", "/forgot-password"):
+        answer = client.head(path, params={"token": token})
+        assert answer.status_code in (200, 400) and answer.content == b"", path
+        assert answer.headers["content-type"].startswith("text/html")
+    assert client.head("/health").status_code == 200
+    is_page(client.post("/verify-email", data={"token": token}), 200, "Your email address is confirmed")
+
+
+def test_a_password_that_arrived_garbled_is_refused(
+    client: TestClient, app: FastAPI, settings: Settings, user: Account
+) -> None:
+    """Bytes that are not UTF-8 reach us as U+FFFD: that is not the password that was typed."""
+    token = reset_token(client, app, settings, user.email)
+    body = f"token={token}&new_password=%FF%FE-a-long-password&confirm_password=%FF%FE-a-long-password"
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    garbled = client.post("/reset-password", content=body, headers=headers)
+    is_page(garbled, 422, "Your password was not changed", "could not be read")
+    login(client, user.email, PASSWORD)  # nothing changed

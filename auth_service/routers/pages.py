@@ -59,7 +59,7 @@ def password_form(
     )
 
 
-@router.get("/verify-email")
+@router.api_route("/verify-email", methods=["GET", "HEAD"])  # link checkers send HEAD
 def verify_email_page(db: DbSession, settings: SettingsDep, token: TokenQuery = None) -> HTMLResponse:
     """A button that confirms the address; opening the link spends nothing."""
     try:
@@ -78,7 +78,7 @@ def verify_email_submit(db: DbSession, settings: SettingsDep, token: FormField =
     return render_page(settings, "email_verified", email=user.email)
 
 
-@router.get("/reset-password")
+@router.api_route("/reset-password", methods=["GET", "HEAD"])
 def reset_password_page(db: DbSession, settings: SettingsDep, token: TokenQuery = None) -> HTMLResponse:
     """The new-password form; opening the link spends nothing."""
     try:
@@ -114,7 +114,7 @@ def reset_password_submit(
     return render_page(settings, "password_changed")
 
 
-@router.get("/forgot-password")
+@router.api_route("/forgot-password", methods=["GET", "HEAD"])
 def forgot_password_page(settings: SettingsDep) -> HTMLResponse:
     """Where the expired and used reset links send people: ask for a new link by address."""
     return render_page(settings, "forgot_password", email="", problem=None)
@@ -139,7 +139,10 @@ def forgot_password_submit(
     except AppError as exc:
         if exc.code != ErrorCode.RATE_LIMITED:
             raise
-        problem = f"Too many requests; try again in {exc.headers['Retry-After'] if exc.headers else 'a few'} seconds."
-        return render_page(settings, "forgot_password", 429, email=address, problem=problem)
+        retry_after = (exc.headers or {}).get("Retry-After", "60")
+        problem = f"Too many requests; try again in {retry_after} seconds."
+        page = render_page(settings, "forgot_password", 429, email=address, problem=problem)
+        page.headers["Retry-After"] = retry_after
+        return page
     lifetime = email_flows.in_words(timedelta(minutes=settings.password_reset_token_minutes))
     return render_page(settings, "reset_requested", 202, email=address, valid_for=lifetime)
