@@ -353,12 +353,13 @@ def create_superuser(session: Session, settings: Settings, email: str, password:
         return None
     user = User(email=email, hashed_password=hash_password(settings, password), is_superuser=True, is_verified=True)
     session.add(user)
-    audit.record(session, settings, "user.created", subject_id=user.id, details={"email": email, "superuser": True})
     try:
-        session.commit()
+        session.flush()  # the unique email settles a race between workers starting together
     except IntegrityError:  # another worker created it first
         session.rollback()
         return None
+    audit.record(session, settings, "user.created", subject_id=user.id, details={"email": email, "superuser": True})
+    session.commit()
     session.refresh(user)
     return user
 

@@ -20,7 +20,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 MIN_SECRET_BYTES = 32
-PLACEHOLDER_SECRETS = {"changethis", "changeme", "secret", "secret-key", "your-secret-key", "dev", "test"}
+# A random key of 32 bytes or more has dozens of different characters; a typed one may not.
+MIN_SECRET_CHARACTERS = 10
+PLACEHOLDER_MARKS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "changethis",
+    "change-this",
+    "change-it",
+    "your-secret",
+    "placeholder",
+)
 SECRET_KEY_FILE = ".auth_secret_key"
 MAKE_A_KEY = """python -c 'import secrets; print(secrets.token_urlsafe(48))'"""
 
@@ -86,15 +97,18 @@ class DatabaseSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        """Refuse a malformed URL here: SQLAlchemy's own error would quote it, password and all."""
+        """Refuse a malformed URL, or one for a driver we do not install, here: SQLAlchemy's
+        own error would quote it, password and all, or come later as a traceback."""
         value = with_our_postgres_driver(value)
         try:
-            make_url(value).get_dialect()
+            driver = make_url(value).get_driver_name()
         except (ArgumentError, NoSuchModuleError, ValueError):
+            driver = None
+        if driver not in ("psycopg2", "pysqlite"):
             raise ValueError(
-                "DATABASE_URL is not a database URL: write it like postgresql+psycopg2://user:password@host:5432/name"
-                " or sqlite:///./auth.db"
-            ) from None
+                "DATABASE_URL must be a PostgreSQL or SQLite URL, like "
+                "postgresql+psycopg2://user:password@host:5432/name or sqlite:///./auth.db"
+            )
         return value
 
 
@@ -181,6 +195,13 @@ class Settings(DatabaseSettings):
     metrics: Literal["off", "open", "token"] | None = None
     metrics_token: SecretStr | None = None
 
+    @field_validator("smtp_host", mode="before")
+    @classmethod
+    def _blank_host_is_unset(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
     @field_validator("cors_origins", "forwarded_allow_ips", "webhook_urls", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -222,6 +243,17 @@ class Settings(DatabaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_first_superuser_password(self) -> "Settings":
+        """The password policy applies to the first superuser too, as to signup and create-admin."""
+        from auth_service.password_policy import password_problems  # it reads these settings
+
+        if self.first_superuser_email and self.first_superuser_password:
+            password = self.first_superuser_password.get_secret_value()
+            if problems := password_problems(self, password, self.first_superuser_email):
+                raise ValueError(f"FIRST_SUPERUSER_PASSWORD is refused: {' '.join(problems)}")
+        return self
+
+    @model_validator(mode="after")
     def _check_proxies(self) -> "Settings":
         if self.environment == "production" and "*" in self.forwarded_allow_ips:
             raise ValueError("FORWARDED_ALLOW_IPS=* lets any client forge its address; name your proxies")
@@ -240,6 +272,8 @@ class Settings(DatabaseSettings):
             found.append("EMAIL_BACKEND=smtp without SMTP_HOST: no mail can be sent")
         if self.environment == "production" and self.email_backend == "console":
             found.append("EMAIL_BACKEND=console in production: mails, with their live links, go to the log")
+        if bool(self.first_superuser_email) != bool(self.first_superuser_password):
+            found.append("FIRST_SUPERUSER_EMAIL and FIRST_SUPERUSER_PASSWORD go together: no superuser is created")
         return found
 
     @model_validator(mode="after")
@@ -255,9 +289,16 @@ class Settings(DatabaseSettings):
             self.secret_key = SecretStr(load_or_create_dev_secret(self.secret_key_path))
             return self
         key = self.secret_key.get_secret_value()
-        weak = len(key.encode()) < MIN_SECRET_BYTES or key.lower() in PLACEHOLDER_SECRETS
+        weak = (
+            len(key.encode()) < MIN_SECRET_BYTES
+            or len(set(key)) < MIN_SECRET_CHARACTERS
+            or any(mark in key.lower() for mark in PLACEHOLDER_MARKS)
+        )
         if weak and self.environment != "development":
-            raise ValueError(f"SECRET_KEY is too weak: it must be at least 32 bytes and not a placeholder; {make_one}")
+            raise ValueError(
+                "SECRET_KEY is too weak: it must be at least 32 random bytes, not a typed or placeholder value; "
+                + make_one
+            )
         return self
 
     @property

@@ -13,6 +13,16 @@ logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 CONNECT_TIMEOUT_SECONDS = 5
+# libpq gives up on a connection whose sent data stays unacknowledged this long, and probes
+# idle ones: a database host that vanishes (a partition, a failover) fails the request in
+# seconds instead of hanging it until the kernel's own timeout, many minutes later.
+TCP_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
 
 
 def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
@@ -35,7 +45,7 @@ def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) 
             hide_parameters=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS},
             pool_use_lifo=True,  # the fewest connections busy: idle ones age out
         )
     in_memory = make_url(database_url).database in (None, "", ":memory:")

@@ -20,7 +20,12 @@ from auth_service.config import Settings, load_settings
 from auth_service.db import CONNECT_TIMEOUT_SECONDS, make_engine, new_session
 from auth_service.errors import COMMON_ERRORS, error_responses, install_error_handlers
 from auth_service.logs import configure_logging
-from auth_service.middleware import BodySizeLimitMiddleware, RequestLogMiddleware, SecurityHeadersMiddleware
+from auth_service.middleware import (
+    BodySizeLimitMiddleware,
+    HeadAsGetMiddleware,
+    RequestLogMiddleware,
+    SecurityHeadersMiddleware,
+)
 from auth_service.outbox import start_sender_thread
 from auth_service.routers import audit, auth, clients, docs, health, metrics, mfa, pages, roles, users, well_known
 from auth_service.schemas import normalize_email
@@ -99,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     install_error_handlers(app)
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: the log and metrics still say HEAD
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)  # outside the body limit: its 413 gets the headers too
     if settings.cors_origins:

@@ -26,6 +26,20 @@ KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 CACHEABLE_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/static/", "/.well-known/")
 
 
+class HeadAsGetMiddleware:
+    """HEAD is GET without the body (RFC 9110 §9.3.2), which link checkers and uptime
+    monitors send: every GET route answers it. The server leaves the body out (uvicorn
+    looks at the method it received, not at this copy of the scope)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 class _TooLarge(HTTPException):
     """An HTTPException, so FastAPI's body reader lets it through to our 413 handler."""
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, or_, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, select
 
 from auth_service.audit import WEBHOOK, deliver_webhook
@@ -124,12 +125,23 @@ def backlog(engine: Engine) -> int:
 def run_sender(engine: Engine, settings: Settings, stop: threading.Event) -> None:
     """Deliver until `stop` is set: again at once after a round that did something
     (it may have queued more), else after OUTBOX_POLL_SECONDS."""
+    unreachable = False
     while not stop.is_set():
+        busy = False
         try:
             busy = deliver_due(engine, settings) > 0
-        except Exception:  # the database may be down: keep the thread alive and try again
+        except (OperationalError, InterfaceError):  # the database is down: one line, not one per round
+            if not unreachable:
+                logger.warning(
+                    "outbox: the database cannot be reached; trying again every %gs", settings.outbox_poll_seconds
+                )
+            unreachable = True
+        except Exception:  # keep the thread alive and try again
             logger.exception("outbox: delivery round failed")
-            busy = False
+        else:
+            if unreachable:
+                logger.info("outbox: the database is back")
+            unreachable = False
         if not busy:
             stop.wait(settings.outbox_poll_seconds)
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from auth_service.config import DatabaseSettings, Limit, Settings, load_or_create_dev_secret, load_settings
 
-GOOD_KEY = "k" * 40
+GOOD_KEY = "Zq3vN8-kLw2pR7sT_yB4mX9cH1dF6gJ0"  # 32 bytes, 32 different characters
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,22 @@ def test_secret_key_from_the_environment_in_production(monkeypatch: pytest.Monke
 
 
 @pytest.mark.parametrize(
-    "key", ["0123456789", "short-key", "changethis", "CHANGETHIS", "secret", "x" * 31, "é" * 15, ""]
+    "key",
+    [
+        "0123456789",
+        "short-key",
+        "changethis",
+        "CHANGETHIS",
+        "secret",
+        "x" * 31,
+        "é" * 15,
+        "",
+        "a" * 40,  # long enough, but one character
+        "changemechangemechangemechangemechangeme",
+        "your-secret-key-here-please-change-it-now",
+        "0123456701234567012345670123456701234567",  # eight different characters
+        "PLACEHOLDER-for-the-production-key-0123456789",
+    ],
 )
 def test_weak_or_placeholder_keys_refused_in_production(key: str) -> None:
     with pytest.raises(ValidationError, match="SECRET_KEY"):
@@ -52,7 +67,7 @@ def test_a_good_key_is_accepted_and_never_shown() -> None:
     production = settings(environment="production", secret_key=GOOD_KEY)
     assert production.secret == GOOD_KEY
     assert GOOD_KEY not in repr(production) and GOOD_KEY not in str(production.model_dump())
-    assert settings(environment="production", secret_key="y" * 32).secret == "y" * 32  # 32 bytes is enough
+    assert settings(environment="production", secret_key=GOOD_KEY).secret == GOOD_KEY  # 32 bytes is enough
 
 
 def test_development_key_is_made_once_beside_the_database(tmp_path: Path) -> None:
@@ -173,6 +188,12 @@ def test_smtp_without_a_host_is_refused_in_production(monkeypatch: pytest.Monkey
     monkeypatch.setenv("SMTP_HOST", "")
     with pytest.raises(ValidationError, match="SMTP_HOST"):
         settings(environment="production", secret_key=GOOD_KEY, email_backend="smtp")
+    monkeypatch.setenv("SMTP_HOST", "   ")  # blank is empty too
+    with pytest.raises(ValidationError, match="SMTP_HOST"):
+        settings(environment="production", secret_key=GOOD_KEY, email_backend="smtp")
+    monkeypatch.setenv("SMTP_HOST", " mail.example ")
+    assert settings(secret_key=GOOD_KEY).smtp_host == "mail.example"
+    monkeypatch.setenv("SMTP_HOST", "")
     production = settings(environment="production", secret_key=GOOD_KEY, email_backend="smtp", smtp_host="mail.example")
     assert production.smtp_host == "mail.example"
     assert settings(environment="production", secret_key=GOOD_KEY, email_backend="console").smtp_host is None
@@ -223,3 +244,29 @@ def test_database_wait_seconds() -> None:
     assert DatabaseSettings(_env_file=None).database_wait_seconds == 60
     with pytest.raises(ValidationError, match="database_wait_seconds"):
         DatabaseSettings(_env_file=None, database_wait_seconds=-1)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+asyncpg://auth:db-password-7890@db/auth", "mysql://auth:db-password-7890@db/auth"]
+)
+def test_a_database_we_do_not_drive_is_refused_in_one_line(url: str) -> None:
+    with pytest.raises(ValidationError, match="DATABASE_URL") as caught:
+        DatabaseSettings(_env_file=None, database_url=url)
+    assert "db-password-7890" not in str(caught.value) and "postgresql+psycopg2" in str(caught.value)
+
+
+def test_the_first_superuser_password_meets_the_password_policy() -> None:
+    """As signup and create-admin do; the message says why, never what."""
+    with pytest.raises(ValidationError, match="FIRST_SUPERUSER_PASSWORD") as caught:
+        settings(secret_key=GOOD_KEY, first_superuser_email="root@example.com", first_superuser_password="password")
+    assert "too common" in str(caught.value) and "'password'" not in str(caught.value)
+    with pytest.raises(ValidationError, match="FIRST_SUPERUSER_PASSWORD"):
+        settings(
+            secret_key=GOOD_KEY, first_superuser_email="rootadmin@example.com", first_superuser_password="rootadmin1"
+        )
+    fine = settings(
+        secret_key=GOOD_KEY, first_superuser_email="root@example.com", first_superuser_password="a long admin password"
+    )
+    assert fine.warnings() == []
+    half = settings(secret_key=GOOD_KEY, first_superuser_email="root@example.com")
+    assert any("FIRST_SUPERUSER_PASSWORD" in warning for warning in half.warnings())

@@ -3,7 +3,9 @@ a 500, never a hang), and the service recovers by itself, without a restart. The
 no pre-ping (a round trip per request), so this is what proves recovery."""
 
 import asyncio
+import logging
 import socket
+import threading
 import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +18,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from auth_service.async_reads import AsyncReads
+from auth_service.db import make_engine
 from auth_service.errors import AppError
 from auth_service.main import create_app
+from auth_service.outbox import run_sender
 from tests.conftest import BACKENDS, PASSWORD, make_settings
 from tests.support import free_port, tcp_proxy
 
@@ -243,3 +247,37 @@ def test_a_host_name_is_looked_up_off_the_event_loop(database_url: str, monkeypa
     assert max(gaps) < 0.2, gaps  # the loop went on while the name was looked up
     _, refused = asyncio.run(read_while_ticking(by_name.set(host="no-such-host.invalid")))
     assert refused == 503
+
+
+def test_the_mail_sender_says_once_that_the_database_is_gone(
+    through_a_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warning for the outage and one line when it ends, not a traceback per round."""
+    proxied, port, target = through_a_proxy
+    settings = make_settings(proxied, outbox_poll_seconds=0.02)
+    engine = make_engine(settings.database_url)
+    stop = threading.Event()
+    sender = threading.Thread(target=run_sender, args=(engine, settings, stop), daemon=True)
+    with caplog.at_level(logging.INFO, logger="auth_service.outbox"):
+        sender.start()
+        time.sleep(0.5)  # about 25 rounds with nothing to reach
+        with tcp_proxy(port, target):
+            time.sleep(0.5)
+        stop.set()
+        sender.join(timeout=5)
+    engine.dispose()
+    lines = [r for r in caplog.records if r.name == "auth_service.outbox"]
+    assert [r.levelname for r in lines].count("WARNING") == 1 and "cannot be reached" in lines[0].getMessage()
+    assert any("is back" in r.getMessage() for r in lines)
+    assert all(r.exc_info is None and r.levelname != "ERROR" for r in lines)
+
+
+def test_a_vanished_database_host_is_noticed_in_seconds(database_url: str) -> None:
+    """No answer at all (a partition) must fail a query in seconds, not the kernel's minutes."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        parameters = connection.connection.dbapi_connection.get_dsn_parameters()  # type: ignore[union-attr]
+    engine.dispose()
+    assert parameters["tcp_user_timeout"] == "15000" and parameters["keepalives"] == "1"

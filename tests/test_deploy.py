@@ -99,7 +99,7 @@ REFUSALS: dict[str, tuple[list[str], dict[str, str], list[str]]] = {
                           ["SMTP_HOST"]),
     "alembic_bad_url": (["-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
                         {"DATABASE_URL": f"postgres//auth:{DB_PASSWORD}@db/auth"},
-                        ["DATABASE_URL is not a database URL"]),
+                        ["DATABASE_URL must be a PostgreSQL or SQLite URL"]),
 }  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from jose import jwt
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from auth_service import credentials
+from auth_service import accounts, credentials, security
 from auth_service.config import Settings
 from auth_service.main import create_app
 from auth_service.models import OutboxMessage, RateLimit, User, UserSession, utcnow
@@ -269,6 +269,42 @@ def test_first_superuser_at_start_up_is_created_when_missing(database_url: str, 
             "access_token"]))  # fmt: skip
         assert me.json()["is_superuser"] is True
     app.state.engine.dispose()
+
+
+def test_two_workers_starting_together_create_one_first_superuser(
+    database_url: str, client: TestClient, db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both see no account, both hash, both insert: the unique email lets one win, and the
+    other starts quietly instead of failing (which stopped every worker)."""
+    overrides = {"first_superuser_email": "root@example.com", "first_superuser_password": "the real admin password"}
+    in_step = threading.Barrier(2, timeout=10)
+    real_hash = security.hash_password
+
+    def hash_in_step(settings: Settings, password: str) -> str:
+        hashed = real_hash(settings, password)
+        in_step.wait()  # both have checked that the account is missing
+        return hashed
+
+    monkeypatch.setattr(accounts, "hash_password", hash_in_step)
+    apps = [create_app(make_settings(database_url, **overrides)) for _ in range(2)]
+    failures: list[BaseException] = []
+
+    def start(app: FastAPI) -> None:
+        try:
+            with TestClient(app) as started:
+                assert started.get("/health").status_code == 200
+        except BaseException as exc:  # the test reports it
+            failures.append(exc)
+        finally:
+            app.state.engine.dispose()
+
+    threads = [threading.Thread(target=start, args=(app,)) for app in apps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(db.exec(select(User).where(col(User.is_superuser))).all()) == 1
 
 
 # --- H4 and M5: the current password guards the email, and is throttled like a login ------

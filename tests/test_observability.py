@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from auth_service.config import Settings
 from auth_service.logs import JsonFormatter, RequestIdFilter, configure_logging
 from auth_service.main import create_app
-from tests.conftest import PASSWORD, make_settings, register
+from tests.conftest import PASSWORD, TEST_SECRET, make_settings, register
 
 
 def test_request_id_is_taken_or_made_and_returned(client: TestClient) -> None:
@@ -115,7 +115,7 @@ def test_metrics_off_and_token(database_url: str) -> None:
 
 def test_metrics_default_by_environment(database_url: str) -> None:
     assert make_settings(database_url).metrics_mode == "open"
-    production = Settings(environment="production", database_url=database_url, secret_key="k" * 40, _env_file=None)
+    production = Settings(environment="production", database_url=database_url, secret_key=TEST_SECRET, _env_file=None)
     assert production.metrics_mode == "off"
     with pytest.raises(ValueError, match="METRICS_TOKEN"):
         make_settings(database_url, metrics="token")

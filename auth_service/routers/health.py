@@ -12,7 +12,6 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("", response_model=Health)
-@router.head("", include_in_schema=False)  # uptime monitors often send HEAD
 def health() -> Health:
     """Liveness: cheap, touches nothing, for a container HEALTHCHECK."""
     return Health(status="ok", version=__version__)

@@ -59,7 +59,7 @@ def password_form(
     )
 
 
-@router.api_route("/verify-email", methods=["GET", "HEAD"])  # link checkers send HEAD
+@router.get("/verify-email")
 def verify_email_page(db: DbSession, settings: SettingsDep, token: TokenQuery = None) -> HTMLResponse:
     """A button that confirms the address; opening the link spends nothing."""
     try:
@@ -78,7 +78,7 @@ def verify_email_submit(db: DbSession, settings: SettingsDep, token: FormField =
     return render_page(settings, "email_verified", email=user.email)
 
 
-@router.api_route("/reset-password", methods=["GET", "HEAD"])
+@router.get("/reset-password")
 def reset_password_page(db: DbSession, settings: SettingsDep, token: TokenQuery = None) -> HTMLResponse:
     """The new-password form; opening the link spends nothing."""
     try:
@@ -114,7 +114,7 @@ def reset_password_submit(
     return render_page(settings, "password_changed")
 
 
-@router.api_route("/forgot-password", methods=["GET", "HEAD"])
+@router.get("/forgot-password")
 def forgot_password_page(settings: SettingsDep) -> HTMLResponse:
     """Where the expired and used reset links send people: ask for a new link by address."""
     return render_page(settings, "forgot_password", email="", problem=None)
