@@ -263,8 +263,8 @@ def test_the_mail_sender_says_once_that_the_database_is_gone(
         time.sleep(0.5)  # about 25 rounds with nothing to reach
         with tcp_proxy(port, target):
             time.sleep(0.5)
-        stop.set()
-        sender.join(timeout=5)
+            stop.set()  # before the proxy goes: that would be a second outage
+            sender.join(timeout=5)
     engine.dispose()
     lines = [r for r in caplog.records if r.name == "auth_service.outbox"]
     assert [r.levelname for r in lines].count("WARNING") == 1 and "cannot be reached" in lines[0].getMessage()
