@@ -96,12 +96,19 @@ def release_connection(session: Session) -> None:
 
 
 def database_is_ready(engine: Engine) -> bool:
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
-    except SQLAlchemyError:
-        return False
+    """Whether the database answers. A pooled connection the server dropped (a failover, an
+    idle timeout) fails once and empties the pool; a fresh one then decides."""
+    for _ in range(2):
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                return False
+        except SQLAlchemyError:
+            return False
+    return False
 
 
 class DatabaseUnavailable(Exception):

@@ -281,3 +281,13 @@ def test_a_vanished_database_host_is_noticed_in_seconds(database_url: str) -> No
         parameters = connection.connection.dbapi_connection.get_dsn_parameters()  # type: ignore[union-attr]
     engine.dispose()
     assert parameters["tcp_user_timeout"] == "15000" and parameters["keepalives"] == "1"
+
+
+def test_readiness_is_not_fooled_by_a_killed_pooled_connection(database_url: str, client: TestClient) -> None:
+    """A load balancer must not take a healthy replica out because the server dropped an idle
+    connection: the check tries once more on a fresh one."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    assert client.get("/health/ready").status_code == 200  # one idle connection in the pool
+    assert kill_every_other_connection(database_url) >= 1
+    assert client.get("/health/ready").status_code == 200
