@@ -24,6 +24,7 @@ import psycopg2
 import psycopg2.extensions
 from sqlalchemy import Engine
 
+from auth_service.db import tcp_settings
 from auth_service.errors import AppError, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class AsyncReads:
         cargs, cparams = engine.dialect.create_connect_args(engine.url)
         self._connect_args: tuple[Sequence[Any], dict[str, Any]] = (
             cargs,
-            {**cparams, "connect_timeout": connect_timeout, "async_": 1},
+            {**tcp_settings(engine.url), **cparams, "connect_timeout": connect_timeout, "async_": 1},
         )
         self._size, self._timeout, self._prepared = size, timeout, prepared
         self._idle: list[_Connection] = []

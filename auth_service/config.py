@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 MIN_SECRET_BYTES = 32
 # A random key of 32 bytes or more has dozens of different characters; a typed one may not.
-MIN_SECRET_CHARACTERS = 10
+MIN_SECRET_CHARACTERS = 8
 PLACEHOLDER_MARKS = (
     "changeme",
     "change-me",
@@ -101,10 +101,15 @@ class DatabaseSettings(BaseSettings):
         own error would quote it, password and all, or come later as a traceback."""
         value = with_our_postgres_driver(value)
         try:
-            driver = make_url(value).get_driver_name()
+            url = make_url(value)
+            url.get_dialect()  # loads it: an unknown name fails here, not later with a traceback
+            ours = (url.get_backend_name(), url.get_driver_name()) in (
+                ("postgresql", "psycopg2"),
+                ("sqlite", "pysqlite"),
+            )
         except (ArgumentError, NoSuchModuleError, ValueError):
-            driver = None
-        if driver not in ("psycopg2", "pysqlite"):
+            ours = False
+        if not ours:
             raise ValueError(
                 "DATABASE_URL must be a PostgreSQL or SQLite URL, like "
                 "postgresql+psycopg2://user:password@host:5432/name or sqlite:///./auth.db"
@@ -240,17 +245,6 @@ class Settings(DatabaseSettings):
 
         if self.templates_dir is not None and (problems := override_problems(self.templates_dir)):
             raise ValueError(f"TEMPLATES_DIR has a template that cannot render: {problems[0]}")
-        return self
-
-    @model_validator(mode="after")
-    def _check_first_superuser_password(self) -> "Settings":
-        """The password policy applies to the first superuser too, as to signup and create-admin."""
-        from auth_service.password_policy import password_problems  # it reads these settings
-
-        if self.first_superuser_email and self.first_superuser_password:
-            password = self.first_superuser_password.get_secret_value()
-            if problems := password_problems(self, password, self.first_superuser_email):
-                raise ValueError(f"FIRST_SUPERUSER_PASSWORD is refused: {' '.join(problems)}")
         return self
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Engine, event, func, make_url, text
+from sqlalchemy import URL, Engine, event, func, make_url, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, create_engine
@@ -45,7 +45,7 @@ def make_engine(database_url: str, pool_size: int = 10, max_overflow: int = 20) 
             hide_parameters=True,
             pool_size=pool_size,
             max_overflow=max_overflow,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS},
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **tcp_settings(database_url)},
             pool_use_lifo=True,  # the fewest connections busy: idle ones age out
         )
     in_memory = make_url(database_url).database in (None, "", ":memory:")
@@ -93,6 +93,12 @@ def release_connection(session: Session) -> None:
     if session.new or session.dirty or session.deleted:
         raise RuntimeError("release_connection with changes pending: it would commit half of them")
     session.commit()
+
+
+def tcp_settings(database_url: str | URL) -> dict[str, int]:
+    """TCP_SETTINGS, except those the URL sets itself (`?tcp_user_timeout=...`)."""
+    given = make_url(database_url).query
+    return {name: value for name, value in TCP_SETTINGS.items() if name not in given}
 
 
 def database_is_ready(engine: Engine) -> bool:

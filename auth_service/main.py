@@ -27,6 +27,7 @@ from auth_service.middleware import (
     SecurityHeadersMiddleware,
 )
 from auth_service.outbox import start_sender_thread
+from auth_service.password_policy import password_problems
 from auth_service.routers import audit, auth, clients, docs, health, metrics, mfa, pages, roles, users, well_known
 from auth_service.schemas import normalize_email
 
@@ -143,8 +144,14 @@ def create_first_superuser(settings: Settings, app: FastAPI) -> None:
     if not (settings.first_superuser_email and settings.first_superuser_password):
         return
     password = settings.first_superuser_password.get_secret_value()
+    problems = password_problems(settings, password, settings.first_superuser_email)
     try:
         with new_session(app.state.engine) as session:
+            if problems and find_user_by_email(session, normalize_email(settings.first_superuser_email)) is None:
+                # Only when it would be used: an old password left in the environment of a
+                # deployment whose superuser exists must not stop it from starting.
+                logger.error("FIRST_SUPERUSER_PASSWORD is refused, so no superuser was created: %s", " ".join(problems))
+                return
             created = create_superuser(session, settings, settings.first_superuser_email, password)
             existing = None if created else find_user_by_email(session, normalize_email(settings.first_superuser_email))
     except SQLAlchemyError as exc:

@@ -28,16 +28,29 @@ CACHEABLE_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/static/", "/.well-kn
 
 class HeadAsGetMiddleware:
     """HEAD is GET without the body (RFC 9110 §9.3.2), which link checkers and uptime
-    monitors send: every GET route answers it. The server leaves the body out (uvicorn
-    looks at the method it received, not at this copy of the scope)."""
+    monitors send: every GET route answers it.
+
+    The scope is changed in place, so the route the router finds reaches the log and the
+    metrics outside; it says HEAD again before the answer goes out, so the server leaves
+    the body out."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
-            scope = {**scope, "method": "GET"}
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_as_head(message: Message) -> None:
+            scope["method"] = "HEAD"
+            await send(message)
+
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_as_head)
+        finally:
+            scope["method"] = "HEAD"
 
 
 class _TooLarge(HTTPException):

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from auth_service.audit import WEBHOOK, deliver_webhook
 from auth_service.config import Settings
+from auth_service.db import describe_database_error
 from auth_service.email_flows import RESET_REQUEST, handle_reset_request
 from auth_service.emails import MAIL, mail_from_payload, send_mail
 from auth_service.models import OutboxMessage, utcnow
@@ -125,23 +126,24 @@ def backlog(engine: Engine) -> int:
 def run_sender(engine: Engine, settings: Settings, stop: threading.Event) -> None:
     """Deliver until `stop` is set: again at once after a round that did something
     (it may have queued more), else after OUTBOX_POLL_SECONDS."""
-    unreachable = False
+    failing: str | None = None  # why the last round failed, if it did
     while not stop.is_set():
         busy = False
         try:
             busy = deliver_due(engine, settings) > 0
-        except (OperationalError, InterfaceError):  # the database is down: one line, not one per round
-            if not unreachable:
+        except (OperationalError, InterfaceError) as exc:  # the database is down, or refuses us
+            problem = describe_database_error(exc, settings.database_url)
+            if problem != failing:  # one line per cause, not a traceback per round
                 logger.warning(
-                    "outbox: the database cannot be reached; trying again every %gs", settings.outbox_poll_seconds
+                    "outbox: the database failed (%s); trying again every %gs", problem, settings.outbox_poll_seconds
                 )
-            unreachable = True
+            failing = problem
         except Exception:  # keep the thread alive and try again
             logger.exception("outbox: delivery round failed")
         else:
-            if unreachable:
-                logger.info("outbox: the database is back")
-            unreachable = False
+            if failing is not None:
+                logger.info("outbox: the database answers again")
+            failing = None
         if not busy:
             stop.wait(settings.outbox_poll_seconds)
 

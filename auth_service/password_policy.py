@@ -31,7 +31,9 @@ def password_problems(settings: Settings, password: str, email: str | None = Non
         problems.append(f"Password must be at least {settings.password_min_length} characters long.")
     if len(password) > MAX_PASSWORD_LENGTH:
         problems.append(f"Password must be at most {MAX_PASSWORD_LENGTH} characters long.")
-    if "\ufffd" in password:  # bytes that were not UTF-8 (a form decodes them so): not what was typed
+    # Bytes that were not UTF-8, as a form (U+FFFD) or the environment (lone surrogates)
+    # decodes them: not the password that was typed.
+    if any(c == "\ufffd" or "\ud800" <= c <= "\udfff" for c in password):
         problems.append("Password could not be read; type it again.")
     lowered = password.lower()
     if lowered in common_passwords():

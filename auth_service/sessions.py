@@ -205,8 +205,11 @@ def _successor_within_grace(session: Session, settings: Settings, token_id: uuid
         return None
     successor = Token.model_validate_json(unseal(settings, SUCCESSOR_PURPOSE, row[1]))
     digest = token_digest(successor.refresh_token or "")
+    # Locked: a rotation of the successor still in flight is waited for, then seen.
     still_unused = session.exec(
-        select(RefreshToken.id).where(col(RefreshToken.token_hash) == digest, col(RefreshToken.used_at).is_(None))
+        select(RefreshToken.id)
+        .where(col(RefreshToken.token_hash) == digest, col(RefreshToken.used_at).is_(None))
+        .with_for_update()
     ).first()
     return successor if still_unused is not None else None
 

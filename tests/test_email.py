@@ -2,6 +2,7 @@
 through the outbox: including SMTP being down and coming back, and two senders at once."""
 
 import email
+import logging
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +23,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
 from auth_service.config import Settings
+from auth_service.db import make_engine
 from auth_service.models import OneTimeToken, OutboxMessage, utcnow
-from auth_service.outbox import deliver_due
-from tests.conftest import PASSWORD, ROOT, free_port, login, service_env, signup
+from auth_service.outbox import deliver_due, run_sender
+from tests.conftest import PASSWORD, ROOT, free_port, login, make_settings, service_env, signup
 
 NEW_PASSWORD = "a brand new long password"
 
@@ -345,3 +348,19 @@ def test_admin_created_unverified_user_gets_a_mail(
     assert client.post("/users", json=verified, headers=admin.headers).status_code == 201
     drain(app)
     assert [m["To"] for m in smtp.sink.messages] == ["new@example.com"]
+
+
+def test_the_sender_says_why_the_database_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Not every database error is an outage: an unmigrated file says so, once."""
+    settings = make_settings(f"sqlite:///{tmp_path / 'empty.db'}", outbox_poll_seconds=0.01)
+    engine = make_engine(settings.database_url)
+    stop = threading.Event()
+    sender = threading.Thread(target=run_sender, args=(engine, settings, stop), daemon=True)
+    with caplog.at_level(logging.INFO, logger="auth_service.outbox"):
+        sender.start()
+        time.sleep(0.3)
+        stop.set()
+        sender.join(timeout=5)
+    engine.dispose()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "auth_service.outbox"]
+    assert len(warnings) == 1 and "no such table" in warnings[0]

@@ -271,6 +271,30 @@ def test_first_superuser_at_start_up_is_created_when_missing(database_url: str, 
     app.state.engine.dispose()
 
 
+def test_a_weak_first_superuser_password_creates_no_superuser_and_stops_nothing(
+    database_url: str, client: TestClient, db: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The policy applies when the account would be made; a password left in the environment
+    of a deployment whose superuser exists is never used, and must not stop it."""
+    weak = {"first_superuser_email": "root@example.com", "first_superuser_password": "password1"}
+    app = create_app(make_settings(database_url, **weak))
+    with TestClient(app) as started:
+        assert started.get("/health").status_code == 200
+    app.state.engine.dispose()
+    assert db.exec(select(User).where(col(User.is_superuser))).all() == []
+    refused = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("FIRST_SUPERUSER_PASSWORD is refused" in m and "too common" in m for m in refused)
+    assert all("password1" not in m for m in refused)
+
+    register(client, "root@example.com")  # the account exists (here, an ordinary one)
+    caplog.clear()
+    app = create_app(make_settings(database_url, **weak))
+    with TestClient(app) as started:
+        assert started.get("/health").status_code == 200
+    app.state.engine.dispose()
+    assert not any("is refused" in r.getMessage() for r in caplog.records)
+
+
 def test_two_workers_starting_together_create_one_first_superuser(
     database_url: str, client: TestClient, db: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -307,6 +307,8 @@ def test_link_checkers_may_send_head_and_spend_nothing(
         assert int(answer.headers["content-length"]) > 0, path  # what a GET would send
     me = httpx.head(f"{live_server.url}/users/me", headers=user.headers)
     assert me.status_code == 200 and me.content == b""
+    metrics = httpx.get(f"{live_server.url}/metrics").text  # counted under HEAD and the route
+    assert 'method="HEAD",route="/health"' in metrics or 'route="/health",method="HEAD"' in metrics
     is_page(client.post("/verify-email", data={"token": token}), 200, "Your email address is confirmed")
 
 
