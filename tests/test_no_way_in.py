@@ -315,8 +315,8 @@ def test_two_workers_starting_together_create_one_first_superuser(
 
     def start(app: FastAPI) -> None:
         try:
-            with TestClient(app) as started:
-                assert started.get("/health").status_code == 200
+            with TestClient(app):  # its start-up creates the superuser, or finds it made
+                pass
         except BaseException as exc:  # the test reports it
             failures.append(exc)
         finally:
