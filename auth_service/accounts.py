@@ -4,14 +4,14 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import Engine, func, or_
+from sqlalchemy import func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from auth_service import audit, credentials, one_time_tokens, throttle
 from auth_service.config import Settings
 from auth_service.credentials import PasswordCheck, invalid_current_password
-from auth_service.db import release_connection, unicode_lower
+from auth_service.db import engine_of, release_connection, unicode_lower
 from auth_service.email_flows import mail_budget, queue_verification
 from auth_service.emails import queue_mail, render_mail
 from auth_service.errors import AppError, ErrorCode, email_not_verified, not_found, permission_denied
@@ -206,10 +206,8 @@ def update_own_profile(session: Session, settings: Settings, user: User, changes
             raise invalid_current_password()
         check = confirm_own_password(session, settings, user, current_password)
         if changes["email"] != user.email:
-            engine = session.get_bind()
-            assert isinstance(engine, Engine)
             limited = "Too many email changes for this account"
-            throttle.enforce(engine, f"email-change:{user.id}", settings.email_change_limit, limited)
+            throttle.enforce(engine_of(session), f"email-change:{user.id}", settings.email_change_limit, limited)
             mail_budget(session, settings, changes["email"])
             mail_budget(session, settings, user.email)
             if find_user_by_email(session, changes["email"]) is not None:

@@ -25,7 +25,7 @@ import psycopg2.extensions
 from sqlalchemy import Engine
 
 from auth_service.db import tcp_settings
-from auth_service.errors import AppError, ErrorCode
+from auth_service.errors import database_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ POLL_OK, POLL_READ, POLL_WRITE = (
     psycopg2.extensions.POLL_READ,
     psycopg2.extensions.POLL_WRITE,
 )
-
-
-def unavailable() -> AppError:
-    detail = "The database is unavailable; try again shortly."
-    return AppError(503, ErrorCode.SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "5"})
 
 
 class _Connection:
@@ -134,7 +129,7 @@ class AsyncReads:
                     return rows
         except (psycopg2.Error, OSError) as exc:  # TimeoutError is an OSError
             logger.error("database unavailable: %s", type(exc).__name__)
-            raise unavailable() from None
+            raise database_unavailable() from None
         raise AssertionError("unreachable")
 
     async def _connect(self) -> _Connection:

@@ -227,16 +227,10 @@ class Settings(DatabaseSettings):
             raise ValueError("EMAIL_BACKEND=smtp needs SMTP_HOST (the mail server's host name)")
         return self
 
-    @model_validator(mode="after")
-    def _queue_for_the_slots(self) -> "Settings":
-        if self.hash_queue_limit is None:
-            self.hash_queue_limit = 8 * self.hash_concurrency
-        return self
-
     @property
     def hash_queue(self) -> int:
-        assert self.hash_queue_limit is not None  # set by the validator
-        return self.hash_queue_limit
+        """HASH_QUEUE_LIMIT, or 8 per hashing slot when unset."""
+        return self.hash_queue_limit or 8 * self.hash_concurrency
 
     @model_validator(mode="after")
     def _check_templates(self) -> "Settings":

@@ -11,10 +11,11 @@ never outlive it.
 import hashlib
 import hmac
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 from sqlmodel import Session, col
 
 from auth_service import audit, throttle
@@ -25,6 +26,8 @@ from auth_service.metrics import LOGINS
 from auth_service.models import User
 from auth_service.request_context import client_ip
 from auth_service.security import verify_password
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,37 @@ def name_digest(settings: Settings, name: str) -> str:
     return hmac.new(settings.secret.encode(), f"login-name:{name}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def _engine(session: Session) -> Engine:
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
-    return engine
+def checked_like_a_password(
+    session: Session,
+    settings: Settings,
+    login_name: str,
+    user: User | None,
+    check: Callable[[], T | None],
+    *,
+    reason: str,
+    error: AppError,
+) -> T:
+    """Run `check` (a password's hash, a second factor's code) under the login throttle:
+    reserved first (429 while the name is locked, or too many checks are in flight), with
+    no connection held meanwhile. None is a failure: counted toward the lock, audited as
+    `auth.login_failed` with `reason`, and raised as `error`."""
+    engine = release_connection(session)
+    ip = client_ip()
+    try:
+        throttle.reserve_password_check(engine, settings, login_name, ip)
+    except AppError:
+        LOGINS.labels("throttled").inc()
+        raise
+    try:
+        result = check()
+    except BaseException:  # no check happened (the hash queue was full: 503)
+        throttle.end_password_check(engine, settings, login_name, ip, failed=False)
+        raise
+    throttle.end_password_check(engine, settings, login_name, ip, failed=result is None)
+    if result is None:
+        record_failure(session, settings, user, login_name, reason)
+        raise error
+    return result
 
 
 def verify(
@@ -71,23 +101,13 @@ def verify(
     `error` (INVALID_CREDENTIALS by default); 429 while the name is locked."""
     version = user.credentials_version if user else 0
     password_hash = user.hashed_password if user else None
-    release_connection(session)  # no connection or lock held across the hash
-    ip, engine = client_ip(), _engine(session)
-    try:
-        throttle.reserve_password_check(engine, settings, login_name, ip)
-    except AppError:
-        LOGINS.labels("throttled").inc()
-        raise
-    try:
+
+    def check() -> PasswordCheck | None:
         ok, new_hash = verify_password(settings, password, password_hash)
-    except BaseException:  # the hash queue was full (503): no check happened
-        throttle.end_password_check(engine, settings, login_name, ip, failed=False)
-        raise
-    throttle.end_password_check(engine, settings, login_name, ip, failed=not ok or user is None)
-    if not ok or user is None:
-        record_failure(session, settings, user, login_name, reason)
-        raise error or invalid_credentials()
-    return PasswordCheck(user.id, login_name, version, new_hash)
+        return PasswordCheck(user.id, login_name, version, new_hash) if ok and user is not None else None
+
+    error = error or invalid_credentials()
+    return checked_like_a_password(session, settings, login_name, user, check, reason=reason, error=error)
 
 
 def record_failure(session: Session, settings: Settings, user: User | None, login_name: str, reason: str) -> None:

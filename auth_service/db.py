@@ -84,15 +84,24 @@ def new_session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
 
 
-def release_connection(session: Session) -> None:
+def engine_of(session: Session) -> Engine:
+    """The engine a session runs on, for a transaction of its own beside the session's."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    return engine
+
+
+def release_connection(session: Session) -> Engine:
     """End the session's transaction so its pooled connection goes back before slow work
     (an Argon2id hash) or a side transaction (the throttle's, a key lookup): requests
     waiting for a hash must not hold connections or locks, and a request must never wait
     for a second connection while it holds one (the pool has no overflow: a few such
-    requests at once would each hold one and wait for ever). Only between reads."""
+    requests at once would each hold one and wait for ever). Only between reads. Returns
+    the engine, for that side transaction."""
     if session.new or session.dirty or session.deleted:
         raise RuntimeError("release_connection with changes pending: it would commit half of them")
     session.commit()
+    return engine_of(session)
 
 
 def tcp_settings(database_url: str | URL) -> dict[str, int]:

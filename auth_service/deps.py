@@ -131,12 +131,17 @@ async def admit_to_the_hash_queue(request: Request) -> AsyncIterator[None]:
         yield
 
 
+def count_per_ip(request: Request, name: str, limit: Limit | None) -> None:
+    """Count a call per client IP under `name`: 429 RATE_LIMITED past the limit."""
+    ip = request.client.host if request.client else "unknown"
+    throttle.enforce(request.app.state.engine, f"{name}-ip:{ip}", limit)
+
+
 def limit_per_ip(name: str, limit_of: Callable[[Settings], Limit | None]) -> Callable[[Request, Settings], None]:
-    """A dependency counting calls per client IP under `name`: 429 RATE_LIMITED past the limit."""
+    """A dependency: count_per_ip with the limit a setting names."""
 
     def check(request: Request, settings: SettingsDep) -> None:
-        ip = request.client.host if request.client else "unknown"
-        throttle.enforce(request.app.state.engine, f"{name}-ip:{ip}", limit_of(settings))
+        count_per_ip(request, name, limit_of(settings))
 
     return check
 

@@ -24,9 +24,7 @@ RESET_REQUEST = "reset_request"
 
 def mail_budget(session: Session, settings: Settings, email: str) -> None:
     """At most MAIL_EMAIL_LIMIT requested mails to one address (counted for unknown ones too)."""
-    release_connection(session)  # the count is a transaction of its own
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
+    engine = release_connection(session)  # the count is a transaction of its own
     throttle.enforce(engine, f"mail:{email}", settings.mail_email_limit, "Too many mails to this address")
 
 

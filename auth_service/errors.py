@@ -122,11 +122,14 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, ErrorCode.VALIDATION_ERROR, public_validation_errors(exc.errors()))
 
 
+def database_unavailable() -> AppError:
+    detail = "The database is unavailable; try again shortly."
+    return AppError(503, ErrorCode.SERVICE_UNAVAILABLE, detail, headers={"Retry-After": "5"})
+
+
 def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.error("database unavailable: %s", type(exc).__name__)
-    return error_response(
-        503, ErrorCode.SERVICE_UNAVAILABLE, "The database is unavailable; try again shortly.", {"Retry-After": "5"}
-    )
+    return _app_error(request, database_unavailable())
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:

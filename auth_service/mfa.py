@@ -21,20 +21,18 @@ from datetime import datetime, timedelta
 
 import pyotp
 import segno
-from sqlalchemy import Engine, func, or_, update
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
-from auth_service import audit, sessions, throttle
+from auth_service import audit, sessions
 from auth_service.accounts import check_can_manage, check_not_self, confirm_own_password, get_user
 from auth_service.config import Settings
-from auth_service.credentials import PasswordCheck, record_failure
-from auth_service.db import release_connection
+from auth_service.credentials import PasswordCheck, checked_like_a_password
 from auth_service.emails import queue_mail, render_mail
 from auth_service.errors import AppError, ErrorCode, not_found
 from auth_service.locks import lock_user
 from auth_service.models import MfaChallenge, RecoveryCode, User, utcnow
 from auth_service.principals import Principal
-from auth_service.request_context import client_ip
 from auth_service.schemas import Token
 from auth_service.security import new_opaque_token, seal, token_digest, unseal
 
@@ -126,20 +124,15 @@ def verify_code(session: Session, settings: Settings, user: User, code: str) -> 
     their own) the request holds no connection."""
     code = code.strip()
     recovery_code_id = _unspent_recovery_code(session, settings, user, code)
-    release_connection(session)
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
-    ip = client_ip()
-    throttle.reserve_password_check(engine, settings, user.email, ip)
-    factor = None
-    try:
-        factor = _check_code(settings, user, code, recovery_code_id)
-    finally:
-        throttle.end_password_check(engine, settings, user.email, ip, failed=factor is None)
-    if factor is None:
-        record_failure(session, settings, user, user.email, "otp")
-        raise invalid_code()
-    return factor
+    return checked_like_a_password(
+        session,
+        settings,
+        user.email,
+        user,
+        lambda: _check_code(settings, user, code, recovery_code_id),
+        reason="otp",
+        error=invalid_code(),
+    )
 
 
 def spend(session: Session, settings: Settings, user_id: uuid.UUID, factor: SecondFactor) -> None:
@@ -281,16 +274,16 @@ def confirm_enrolment(
     if user.totp_pending_secret is None:
         raise AppError(409, ErrorCode.CONFLICT, "Start with POST /users/me/mfa/totp first.")
     pending = user.totp_pending_secret
-    release_connection(session)
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
-    ip = client_ip()
-    throttle.reserve_password_check(engine, settings, user.email, ip)  # guesses count like passwords
-    step = matching_step(_totp(settings, pending), code.strip(), utcnow())
-    throttle.end_password_check(engine, settings, user.email, ip, failed=step is None)
-    if step is None:
-        record_failure(session, settings, user, user.email, "otp")
-        raise AppError(400, ErrorCode.INVALID_CREDENTIALS, "The code is not correct: check the clock of your device.")
+    wrong = AppError(400, ErrorCode.INVALID_CREDENTIALS, "The code is not correct: check the clock of your device.")
+    step = checked_like_a_password(  # guesses count like passwords
+        session,
+        settings,
+        user.email,
+        user,
+        lambda: matching_step(_totp(settings, pending), code.strip(), utcnow()),
+        reason="otp",
+        error=wrong,
+    )
     user = lock_user(session, user_id)
     if user.totp_pending_secret != pending or user.totp_enabled_at is not None:  # changed meanwhile
         session.rollback()

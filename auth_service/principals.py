@@ -157,11 +157,16 @@ def _user_rows(connection: Connection, params: dict[str, Any], with_kid: bool) -
     return [_as_python(tuple(row)) for row in connection.exec_driver_sql(statement.sql, values)]
 
 
+ID_COLUMN = Account.__slots__.index("id")
+TIME_COLUMNS = tuple(Account.__slots__.index(name) for name in ("created_at", "last_login_at"))
+
+
 def _as_python(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """What SQLAlchemy's types would have made of a raw psycopg2 row: UUIDs, UTC times."""
     values = list(row)
-    values[0] = values[0] if isinstance(values[0], uuid.UUID) else uuid.UUID(str(values[0]))
-    for index in (6, 7):  # created_at, last_login_at
+    found = values[ID_COLUMN]
+    values[ID_COLUMN] = found if isinstance(found, uuid.UUID) else uuid.UUID(str(found))
+    for index in TIME_COLUMNS:
         if values[index] is not None:
             values[index] = values[index].astimezone(UTC)
     return tuple(values)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, or_, update
+from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from auth_service import audit, principals, signing_keys
@@ -291,9 +291,7 @@ def prune_sessions(session: Session, retention_days: int) -> int:
 
 def introspect(session: Session, settings: Settings, token: str) -> IntrospectResponse:
     """RFC 7662 for our access tokens: live only while the token and what it names are."""
-    release_connection(session)  # an unknown kid is looked up on a connection of its own
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
+    engine = release_connection(session)  # an unknown kid is looked up on a connection of its own
     try:
         claims, kid = principals.verify(engine, settings, token)
     except (TokenExpired, TokenInvalid):
@@ -337,9 +335,7 @@ def revoke_token(session: Session, settings: Settings, token: str) -> None:
     if found is not None:
         session_id = found
     else:
-        release_connection(session)  # an unknown kid is looked up on a connection of its own
-        engine = session.get_bind()
-        assert isinstance(engine, Engine)
+        engine = release_connection(session)  # an unknown kid is looked up on a connection of its own
         try:
             claims, kid = principals.verify(engine, settings, token)
         except TokenInvalid:

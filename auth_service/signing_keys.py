@@ -150,10 +150,7 @@ def signer(session: Session, settings: Settings) -> Signer:
     current = select(table.c.kid, table.c.algorithm, table.c.private_key).where(table.c.current.is_(True))
     row = session.connection().execute(current).first()
     if row is None:  # the database was down at start-up
-        release_connection(session)
-        engine = session.get_bind()
-        assert isinstance(engine, Engine)
-        ensure_current(engine, settings)
+        ensure_current(release_connection(session), settings)
         row = session.connection().execute(current).one()
     kid, algorithm, sealed = row
     private = _private_keys.get(kid)

@@ -55,8 +55,7 @@ def override_problems(templates_dir: Path) -> list[str]:
         if not path.is_file() or not (PACKAGE_TEMPLATES / name).is_file():
             continue
         try:
-            assert package.loader is not None
-            source, _, _ = package.loader.get_source(package, name)
+            source = template_source(None, name)
             sample = dict.fromkeys(meta.find_undeclared_variables(package.parse(source)), "x")
             package.get_template(name).render(sample)
         except TemplateError:

@@ -7,6 +7,7 @@ LOGIN_LOCKOUT_MAX_SECONDS, so strangers cannot lock an account for good.
 
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine, case, delete, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -31,10 +32,15 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
     return max(1, math.ceil((moment - now).total_seconds()))
 
 
+def _upsert(connection: Connection) -> Any:
+    """An INSERT ... ON CONFLICT of the counters' table, in the connection's dialect."""
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
 def _increment(connection: Connection, key: str, now: datetime, window: timedelta) -> tuple[int, datetime]:
     """Atomically count one hit in the key's window (a new window once the old one is
     over), in one statement."""
-    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+    insert = _upsert(connection)
     stamp = literal(now, UTCDateTime())
     expired = table.c.window_start <= now - window
     statement = (
@@ -96,7 +102,7 @@ def _lock_seconds(settings: Settings, failures: int) -> int:
 def _start_checks(connection: Connection, keys: list[str], now: datetime) -> list[int]:
     """Count one more check in flight under each key, in one statement (a count restarts
     after a quiet minute)."""
-    insert = (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+    insert = _upsert(connection)
     expired = table.c.window_start <= now - IN_FLIGHT_WINDOW
     statement = (
         insert.values([{"key": _in_flight_key(key), "window_start": now, "count": 1} for key in keys])
@@ -124,13 +130,18 @@ def _rows(connection: Connection, keys: list[str]) -> dict[str, tuple[int, datet
     return {row[0]: (int(row[1]), row[2], row[3]) for row in rows}
 
 
+def _check_keys(settings: Settings, login_name: str, ip: str | None) -> list[str]:
+    """The counters a password check goes under: the name's, and the IP's if it is limited."""
+    return [account_key(login_name), *([ip_key(ip)] if ip and settings.login_ip_limit else [])]
+
+
 def reserve_password_check(engine: Engine, settings: Settings, login_name: str, ip: str | None) -> None:
     """Before the hash: 429 RATE_LIMITED, with Retry-After, while the name is locked, the IP
     has used up LOGIN_IP_LIMIT, or either has too many checks in flight; such attempts are
     not counted. Else the check is counted in flight until `end_password_check`."""
     now = utcnow()
     limit = settings.login_ip_limit if ip else None
-    keys = [account_key(login_name), *([ip_key(ip)] if ip and limit else [])]
+    keys = _check_keys(settings, login_name, ip)
     with engine.begin() as connection:  # raising rolls it back: a refused check counts nowhere
         in_flight = _start_checks(connection, keys, now)
         rows = _rows(connection, keys)
@@ -167,7 +178,7 @@ def end_password_check(engine: Engine, settings: Settings, login_name: str, ip: 
     key = account_key(login_name)
     limit = settings.login_ip_limit if ip else None
     with engine.begin() as connection:
-        _end_checks(connection, [key, ip_key(ip)] if ip and limit else [key])
+        _end_checks(connection, _check_keys(settings, login_name, ip))
         if not failed:
             return
         failures, _ = _increment(connection, key, now, timedelta(seconds=settings.login_failure_reset_seconds))

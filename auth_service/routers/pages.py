@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse
 
-from auth_service import email_flows, one_time_tokens, throttle
+from auth_service import email_flows, one_time_tokens
 from auth_service.config import Settings
-from auth_service.deps import DbSession, SettingsDep
+from auth_service.deps import DbSession, SettingsDep, count_per_ip
 from auth_service.errors import AppError, ErrorCode
 from auth_service.pages import render_page
 from auth_service.password_policy import WeakPassword
@@ -132,8 +132,7 @@ def forgot_password_submit(
         problem = "Enter an email address, like name@example.com."
         return render_page(settings, "forgot_password", 422, email=email or "", problem=problem)
     try:
-        ip = request.client.host if request.client else "unknown"
-        throttle.enforce(request.app.state.engine, f"mail-ip:{ip}", settings.mail_ip_limit)
+        count_per_ip(request, "mail", settings.mail_ip_limit)  # the API's budget, shared
         email_flows.request_password_reset(db, settings, address)
         db.commit()
     except AppError as exc:
